@@ -1,0 +1,70 @@
+"""SQLAlchemy engines on an in-memory database (imports SQLAlchemy: load lazily).
+
+Engines here are safe to use from any event loop and thread: aiosqlite runs each
+call on its own worker thread and answers on the caller's loop, and the pool
+never makes a caller wait (``pool_size=0`` means "no limit"), which is the only
+time SQLAlchemy's async pool binds itself to one loop. That lets Starlette's
+``TestClient`` run the app in its portal thread on our sessions.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
+
+from pytest_memdb.memory import MemoryDatabase
+
+BUSY_TIMEOUT_S = 5.0
+"""How long a connection waits for another one's write lock, as ``sqlite3``'s default."""
+
+
+def async_engine(database: MemoryDatabase, *, echo: bool) -> AsyncEngine:
+    """An aiosqlite engine whose every connection opens ``database`` by name."""
+    return create_async_engine(
+        database.async_url,
+        echo=echo,
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=0,
+        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+    )
+
+
+def sync_engine(database: MemoryDatabase, *, echo: bool) -> Engine:
+    """A stdlib-``sqlite3`` engine on ``database``, for sync tests and set-up code."""
+    return create_engine(
+        database.sync_url,
+        echo=echo,
+        poolclass=QueuePool,
+        pool_size=0,
+        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+    )
+
+
+class EnginePair:
+    """The async and sync engines of one database, made on first use, disposed together."""
+
+    def __init__(self, database: MemoryDatabase, *, echo: bool) -> None:
+        self._database = database
+        self._echo = echo
+        self._async: AsyncEngine | None = None
+        self._sync: Engine | None = None
+
+    @property
+    def async_engine(self) -> AsyncEngine:
+        if self._async is None:
+            self._async = async_engine(self._database, echo=self._echo)
+        return self._async
+
+    @property
+    def sync_engine(self) -> Engine:
+        if self._sync is None:
+            self._sync = sync_engine(self._database, echo=self._echo)
+        return self._sync
+
+    async def aclose(self) -> None:
+        """Close every pooled connection, so the database can be freed."""
+        if self._async is not None:
+            await self._async.dispose()
+        if self._sync is not None:
+            self._sync.dispose()

@@ -1,0 +1,15 @@
+"""Errors the plugin raises on purpose, so fixtures can turn them into clean test errors."""
+
+from __future__ import annotations
+
+
+class MemdbError(Exception):
+    """A problem with the user's configuration or fixture file, explained in plain words.
+
+    The plugin reports these with ``pytest.fail(..., pytrace=False)``: the message
+    is the whole story, and a traceback into our internals would only hide it.
+    """
+
+
+class FixtureFileError(MemdbError):
+    """The configured SQLite fixture file cannot be used as a template."""

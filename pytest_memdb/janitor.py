@@ -1,0 +1,102 @@
+"""The handle on one test's database: what the ``memdb`` fixture gives, and who cleans up.
+
+Imports SQLAlchemy: load it lazily (the plugin does, on the first memdb fixture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import Engine, orm
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from pytest_memdb.config import Isolation
+from pytest_memdb.memory import MemoryDatabase
+
+
+class EngineSource(Protocol):
+    """Where a handle's engines come from (an :class:`EnginePair` or a rollback connection)."""
+
+    @property
+    def async_engine(self) -> AsyncEngine: ...
+
+    @property
+    def sync_engine(self) -> Engine: ...
+
+
+class MemdbHandle:
+    """One test's in-memory database and the SQLAlchemy objects on it.
+
+    Sessions made here use ``expire_on_commit=False``, as SQLAlchemy's asyncio
+    docs advise: after ``commit()`` an expired attribute would need lazy I/O,
+    which async code cannot do implicitly (``MissingGreenlet``).
+    """
+
+    def __init__(
+        self,
+        *,
+        database: MemoryDatabase,
+        source: Path,
+        isolation: Isolation,
+        engines: EngineSource,
+        release: Callable[[], None],
+    ) -> None:
+        self.database = database
+        self.source = source
+        self.isolation: Isolation = isolation
+        self._engines = engines
+        self._release = release
+        self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._sync_sessionmaker: orm.sessionmaker[orm.Session] | None = None
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The in-memory database's name (unique per run, worker and test in ``copy`` mode)."""
+        return self.database.name
+
+    @property
+    def url(self) -> str:
+        """The ``sqlite+aiosqlite://`` URL of this database."""
+        return self.database.async_url
+
+    @property
+    def sync_url(self) -> str:
+        """The ``sqlite://`` URL of this database, for ``create_engine``."""
+        return self.database.sync_url
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engines.async_engine
+
+    @property
+    def sync_engine(self) -> Engine:
+        return self._engines.sync_engine
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        """Hand this to application code (for example a FastAPI dependency override)."""
+        if self._sessionmaker is None:
+            self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        return self._sessionmaker
+
+    @property
+    def sync_sessionmaker(self) -> orm.sessionmaker[orm.Session]:
+        if self._sync_sessionmaker is None:
+            self._sync_sessionmaker = orm.sessionmaker(self.sync_engine, expire_on_commit=False)
+        return self._sync_sessionmaker
+
+    def session(self) -> AsyncSession:
+        """A new ``AsyncSession``; use it as ``async with memdb.session() as session:``."""
+        return self.sessionmaker()
+
+    def close(self) -> None:
+        """Undo or free this test's database; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def __repr__(self) -> str:
+        return f"<MemdbHandle {self.name} isolation={self.isolation} source={str(self.source)!r}>"

@@ -1,0 +1,160 @@
+"""Create, fill and copy uniquely named in-memory SQLite databases.
+
+Only the standard library's ``sqlite3`` is used here, so this module is cheap to
+import. Databases use SQLite's ``memdb`` VFS with a name that starts with ``/``:
+every connection in the process that opens the same name shares one database,
+with SQLite's ordinary locking (a blocked writer waits for the busy timeout),
+unlike the seed's ``cache=shared`` mode, which fails at once with
+``database table is locked``. A database lives while at least one connection to
+it is open, so each :class:`MemoryDatabase` keeps an *anchor* connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import sqlite3
+import stat
+from pathlib import Path
+from urllib.parse import quote
+
+from pytest_memdb.errors import FixtureFileError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_counter = itertools.count(1)
+
+
+def unique_name(*parts: str) -> str:
+    """A database name no other run, worker or instance in this process can pick.
+
+    The random part keeps two runs (or two ``InMemoryDatabase`` instances set up
+    from the same file) apart; the readable parts say whose it is when debugging.
+    """
+    safe = [_safe(part) for part in parts if part]
+    return "-".join(["memdb", *safe, f"{os.getpid()}", secrets.token_hex(4), str(next(_counter))])
+
+
+def _safe(part: str) -> str:
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_.") else "_" for ch in part)[:40]
+
+
+def file_uri(path: Path, *, read_only: bool) -> str:
+    """A ``file:`` URI for ``path`` that survives ``?``, ``#``, ``%`` and spaces in it.
+
+    Unescaped, ``data/run #1/app.db`` would open (and create!) ``data/run `` instead.
+    """
+    mode = "?mode=ro" if read_only else ""
+    return f"file:{quote(str(path.resolve()))}{mode}"
+
+
+class MemoryDatabase:
+    """One shared in-memory database, alive exactly as long as this object is open."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.anchor: sqlite3.Connection = sqlite3.connect(
+            self.sqlite_uri, uri=True, check_same_thread=False
+        )
+
+    @property
+    def sqlite_uri(self) -> str:
+        """The URI ``sqlite3.connect(..., uri=True)`` takes to reach this database."""
+        return f"file:/{self.name}?vfs=memdb"
+
+    @property
+    def async_url(self) -> str:
+        """The SQLAlchemy URL for ``create_async_engine`` (aiosqlite)."""
+        return f"sqlite+aiosqlite:///{self.sqlite_uri}&uri=true"
+
+    @property
+    def sync_url(self) -> str:
+        """The SQLAlchemy URL for ``create_engine`` (the stdlib driver)."""
+        return f"sqlite:///{self.sqlite_uri}&uri=true"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    _closed = False
+
+    def copy(self, name: str) -> MemoryDatabase:
+        """A new database with this one's content, via SQLite's page-level backup."""
+        target = MemoryDatabase(name)
+        try:
+            self.anchor.backup(target.anchor)
+        except BaseException:
+            target.close()
+            raise
+        return target
+
+    def close(self) -> None:
+        """Free the memory; connections still open elsewhere keep the database alive."""
+        if not self._closed:
+            self._closed = True
+            self.anchor.close()
+
+    def __repr__(self) -> str:
+        return f"<MemoryDatabase {self.name}{' closed' if self._closed else ''}>"
+
+
+def load_file(path: Path, name: str, *, origin: str) -> MemoryDatabase:
+    """Copy the SQLite file at ``path`` into a new in-memory database called ``name``.
+
+    The file is opened read-only through a percent-encoded URI and never written.
+    Rows still in a ``-wal`` file are read through SQLite's pager, so they are in
+    the copy. ``origin`` names the option the path came from, for error messages.
+    """
+    check_fixture_file(path, origin=origin)
+    try:
+        source = sqlite3.connect(file_uri(path, read_only=True), uri=True)
+    except sqlite3.Error as exc:
+        raise _file_error(path, origin, f"SQLite cannot open it ({exc})") from None
+    try:
+        try:
+            source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            raise _file_error(path, origin, f"it is not a usable SQLite database ({exc})") from None
+        database = MemoryDatabase(name)
+        try:
+            source.backup(database.anchor)
+            problems = [row[0] for row in database.anchor.execute("PRAGMA quick_check")]
+        except sqlite3.Error as exc:
+            database.close()
+            raise _file_error(path, origin, f"it is corrupt ({exc})") from None
+        if problems != ["ok"]:
+            database.close()
+            shown = "; ".join(str(p) for p in problems[:5])
+            raise _file_error(path, origin, f"it is corrupt (PRAGMA quick_check: {shown})")
+        return database
+    finally:
+        source.close()
+
+
+def check_fixture_file(path: Path, *, origin: str) -> None:
+    """Reject what SQLite would silently accept (a missing or empty file) or garble."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise _file_error(path, origin, "it does not exist") from None
+    except OSError as exc:
+        raise _file_error(path, origin, f"it cannot be inspected ({exc.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise _file_error(path, origin, "it is a folder, not a SQLite file")
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise _file_error(path, origin, f"it cannot be read ({exc.strerror})") from None
+    if info.st_size == 0:
+        raise _file_error(path, origin, "it is empty (0 bytes), not a SQLite database")
+    if header != SQLITE_HEADER:
+        raise _file_error(
+            path, origin, f"it is not a SQLite database (its first bytes are {header[:16]!r})"
+        )
+
+
+def _file_error(path: Path, origin: str, problem: str) -> FixtureFileError:
+    return FixtureFileError(
+        f"pytest-memdb: the fixture file {str(path)!r} (from {origin}): {problem}."
+    )

@@ -1,0 +1,137 @@
+"""One pytest session's databases (per xdist worker): templates by file, copies per test.
+
+Kept in ``config.stash`` by the plugin, like pytest's own ``TempPathFactory``.
+Imports SQLAlchemy: load it lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_memdb._loop import run_sync
+from pytest_memdb.config import MemdbConfig, Target
+from pytest_memdb.engines import EnginePair
+from pytest_memdb.errors import MemdbError
+from pytest_memdb.janitor import MemdbHandle
+from pytest_memdb.memory import MemoryDatabase, load_file, unique_name
+from pytest_memdb.savepoints import SharedConnection
+
+
+@dataclass
+class Template:
+    """A fixture file copied into memory once, and what rollback and session modes keep of it.
+
+    The template itself stays as the file was: ``copy`` tests copy it, ``rollback``
+    tests work on it inside a transaction that is always rolled back, and
+    ``session`` tests share a separate copy whose writes persist.
+    """
+
+    source: Path
+    database: MemoryDatabase
+    echo: bool
+    worker: str
+    _shared: SharedConnection | None = field(default=None, init=False)
+    _session_db: MemoryDatabase | None = field(default=None, init=False)
+    _session_engines: EnginePair | None = field(default=None, init=False)
+
+    def open_copy(self) -> MemdbHandle:
+        database = self.database.copy(unique_name(self.worker, "test"))
+        engines = EnginePair(database, echo=self.echo)
+
+        def release() -> None:
+            try:
+                run_sync(engines.aclose())
+            finally:
+                database.close()
+
+        return MemdbHandle(
+            database=database,
+            source=self.source,
+            isolation="copy",
+            engines=engines,
+            release=release,
+        )
+
+    def open_rollback(self) -> MemdbHandle:
+        if self._shared is None:
+            self._shared = SharedConnection(self.database, echo=self.echo)
+        self._shared.begin_test()
+        return MemdbHandle(
+            database=self.database,
+            source=self.source,
+            isolation="rollback",
+            engines=self._shared,
+            release=self._shared.end_test,
+        )
+
+    def open_session(self) -> MemdbHandle:
+        if self._session_db is None or self._session_engines is None:
+            self._session_db = self.database.copy(unique_name(self.worker, "session"))
+            self._session_engines = EnginePair(self._session_db, echo=self.echo)
+        return MemdbHandle(
+            database=self._session_db,
+            source=self.source,
+            isolation="session",
+            engines=self._session_engines,
+            release=lambda: None,
+        )
+
+    async def aclose(self) -> None:
+        try:
+            if self._shared is not None:
+                await self._shared.aclose()
+            if self._session_engines is not None:
+                await self._session_engines.aclose()
+        finally:
+            if self._session_db is not None:
+                self._session_db.close()
+            self.database.close()
+
+
+class MemdbRegistry:
+    """Builds each fixture file's template once and hands out per-test handles."""
+
+    def __init__(self, settings: MemdbConfig, worker: str) -> None:
+        self.settings = settings
+        self.worker = worker
+        self._templates: dict[Path, Template] = {}
+        self._failures: dict[tuple[Path, str], MemdbError] = {}
+
+    def open(self, target: Target) -> MemdbHandle:
+        """This test's database, isolated as ``target.isolation`` says."""
+        template = self.template(target)
+        if target.isolation == "rollback":
+            return template.open_rollback()
+        if target.isolation == "session":
+            return template.open_session()
+        return template.open_copy()
+
+    def template(self, target: Target) -> Template:
+        """The template for ``target.file``; a file that failed once fails fast after."""
+        key = target.file.resolve()
+        failure = self._failures.get((key, target.file_origin))
+        if failure is not None:
+            raise failure
+        if key not in self._templates:
+            try:
+                database = load_file(
+                    target.file,
+                    unique_name(self.worker, key.stem, "template"),
+                    origin=target.file_origin,
+                )
+            except MemdbError as exc:
+                self._failures[key, target.file_origin] = exc
+                raise
+            self._templates[key] = Template(key, database, self.settings.echo, self.worker)
+        return self._templates[key]
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self._templates)
+
+    def close(self) -> None:
+        """Free every template (called once, at the end of the session)."""
+        templates, self._templates = list(self._templates.values()), {}
+        for template in templates:
+            run_sync(template.aclose())

@@ -1,0 +1,212 @@
+"""Rollback isolation: one connection, one outer transaction per test, savepoints inside.
+
+Every engine and session of a rollback-mode template goes through one
+``sqlite3`` connection opened with ``isolation_level=None``, so the driver never
+issues ``BEGIN``/``COMMIT`` on its own (the "pysqlite SAVEPOINT leak" in
+SQLAlchemy's SQLite docs: with the driver in charge, a committed savepoint can
+end up committed for real). We emit the SQL ourselves:
+
+* at test start, ``BEGIN`` (the outer transaction); at teardown, ``ROLLBACK``;
+* when a SQLAlchemy connection first *writes* in its transaction, it takes the
+  template's write lock and emits ``SAVEPOINT``; its ``commit()`` becomes
+  ``RELEASE`` and its ``rollback()`` becomes ``ROLLBACK TO`` + ``RELEASE``;
+* the driver-level ``commit()``/``rollback()`` and ``close()`` are no-ops, so
+  neither SQLAlchemy's pool reset nor an app's ``engine.dispose()`` can end the
+  outer transaction or close the shared connection.
+
+The write lock keeps savepoints strictly nested when several sessions of one
+test run concurrently (SQLite's ``RELEASE`` of an outer name would otherwise
+swallow an inner one). It behaves like SQLite's own write lock in the other
+modes: reads never wait, a second writer waits up to the busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import aiosqlite
+from sqlalchemy import Engine, create_engine, event, util
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from pytest_memdb.engines import BUSY_TIMEOUT_S
+from pytest_memdb.memory import MemoryDatabase
+
+_await = getattr(util, "await_", None) or util.await_only
+_READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})
+
+
+def is_write(statement: str) -> bool:
+    """Whether ``statement`` may change the database (and so needs a savepoint)."""
+    words = statement.lstrip(" \t\r\n(").split(None, 1)
+    if not words:
+        return False
+    verb = words[0].upper()
+    if verb == "PRAGMA":
+        return "=" in statement
+    return verb not in _READ_VERBS
+
+
+class _SharedAioConnection(aiosqlite.Connection):
+    """aiosqlite on the shared connection; transaction ends and close are ours to make."""
+
+    async def commit(self) -> None:
+        """Ending a transaction is a ``RELEASE``, emitted by :class:`SharedConnection`."""
+
+    async def rollback(self) -> None:
+        """Undoing a transaction is a ``ROLLBACK TO``, emitted by :class:`SharedConnection`."""
+
+    async def close(self) -> None:
+        """Stop the worker thread but keep the shared ``sqlite3`` connection open."""
+        if self._connection is None:
+            return
+        self._connection = None
+        future = self.stop()
+        if future is not None:
+            await future
+
+
+class _SharedSyncConnection:
+    """The shared ``sqlite3`` connection as SQLAlchemy's sync driver sees it."""
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self._raw = raw
+
+    def commit(self) -> None:
+        """See :meth:`_SharedAioConnection.commit`."""
+
+    def rollback(self) -> None:
+        """See :meth:`_SharedAioConnection.rollback`."""
+
+    def close(self) -> None:
+        """The shared connection outlives every engine; :class:`SharedConnection` closes it."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class SharedConnection:
+    """Owns a rollback-mode template's connection, its engines and its write lock."""
+
+    def __init__(self, database: MemoryDatabase, *, echo: bool) -> None:
+        self.database = database
+        self.raw = sqlite3.connect(
+            database.sqlite_uri,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_S,
+        )
+        self._write_lock = threading.Lock()
+        self._savepoints: dict[int, str] = {}
+        self._names = itertools.count(1)
+        self.async_engine: AsyncEngine = create_async_engine(
+            "sqlite+aiosqlite://",
+            async_creator=self._connect_async,
+            poolclass=StaticPool,
+            echo=echo,
+        )
+        self.sync_engine: Engine = create_engine(
+            "sqlite://",
+            creator=lambda: _SharedSyncConnection(self.raw),
+            poolclass=StaticPool,
+            echo=echo,
+        )
+        self._listen(self.async_engine.sync_engine, wait=self._wait_async)
+        self._listen(self.sync_engine, wait=self._wait_blocking)
+
+    async def _connect_async(self) -> aiosqlite.Connection:
+        connection = _SharedAioConnection(lambda: self.raw, iter_chunk_size=64)
+        return await connection
+
+    def begin_test(self) -> None:
+        """Open the outer transaction that teardown will roll back."""
+        self.end_test()
+        self.raw.execute("BEGIN")
+
+    def end_test(self) -> None:
+        """Roll everything the test did back, whatever state its sessions were left in."""
+        self._savepoints.clear()
+        if self._write_lock.locked():
+            self._write_lock.release()
+        if self.raw.in_transaction:
+            self.raw.execute("ROLLBACK")
+
+    async def aclose(self) -> None:
+        """Dispose of both engines and close the shared connection (end of session)."""
+        self.end_test()
+        await self.async_engine.dispose()
+        self.sync_engine.dispose()
+        self.raw.close()
+
+    # --- SQLAlchemy event hooks -------------------------------------------------
+
+    def _listen(self, engine: Engine, *, wait: Any) -> None:
+        def before_cursor_execute(
+            conn: Connection, cursor: Any, statement: str, *args: Any
+        ) -> None:
+            if id(conn) in self._savepoints or not is_write(statement):
+                return
+            if not self._write_lock.acquire(blocking=False):
+                wait()
+            name = f"memdb_sp_{next(self._names)}"
+            self._savepoints[id(conn)] = name
+            self._exec(conn, f"SAVEPOINT {name}")
+
+        def commit(conn: Connection) -> None:
+            self._finish(conn, "RELEASE {0}")
+
+        def rollback(conn: Connection) -> None:
+            self._finish(conn, "ROLLBACK TO {0}", "RELEASE {0}")
+
+        event.listen(engine, "before_cursor_execute", before_cursor_execute)
+        event.listen(engine, "commit", commit)
+        event.listen(engine, "rollback", rollback)
+
+    def _finish(self, conn: Connection, *templates: str) -> None:
+        name = self._savepoints.pop(id(conn), None)
+        if name is None:
+            return
+        try:
+            for template in templates:
+                self._exec(conn, template.format(name))
+        finally:
+            self._write_lock.release()
+
+    @staticmethod
+    def _exec(conn: Connection, sql: str) -> None:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    def _wait_blocking(self) -> None:
+        if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise _locked()
+
+    def _wait_async(self) -> None:
+        _await(self._poll_async())
+
+    async def _poll_async(self) -> None:
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.0005
+        while not self._write_lock.acquire(blocking=False):
+            if time.monotonic() > deadline:
+                raise _locked()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+
+def _locked() -> sqlite3.OperationalError:
+    return sqlite3.OperationalError(
+        f"database is locked: another session of this test kept an uncommitted write open "
+        f"for {BUSY_TIMEOUT_S:.0f} s (pytest-memdb rollback isolation; commit or roll back "
+        f"that session first)"
+    )
