@@ -1,1 +1,28 @@
-"""pytest-memdb: a shipped SQLite file, copied into memory, for async SQLAlchemy tests and apps."""
+"""pytest-memdb: a shipped SQLite file, copied into memory, for async SQLAlchemy tests and apps.
+
+Names are imported lazily: the pytest plugin imports this package in every run,
+and SQLAlchemy should only be loaded by runs that use it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pytest_memdb.errors import FixtureFileError, MemdbError
+
+if TYPE_CHECKING:
+    from pytest_memdb.janitor import MemdbHandle
+    from pytest_memdb.runtime import InMemoryDatabase
+
+__all__ = ["FixtureFileError", "InMemoryDatabase", "MemdbError", "MemdbHandle"]
+__version__ = "0.1.0"
+
+_LAZY = {"InMemoryDatabase": "pytest_memdb.runtime", "MemdbHandle": "pytest_memdb.janitor"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pytest_memdb' has no attribute {name!r}")

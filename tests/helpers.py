@@ -1,0 +1,59 @@
+"""Real SQLite fixture files and pytester projects for the plugin's own tests."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+USERS = [("ada", "ada@example.com"), ("brian", "brian@example.com"), ("grace", "grace@example.com")]
+
+
+def make_sqlite(path: Path, *, users: int = len(USERS), wal_rows: int = 0) -> Path:
+    """Write a SQLite file with a ``user`` table of ``users`` rows.
+
+    With ``wal_rows``, the file is in WAL mode and that many extra rows exist
+    only in its ``-wal`` file (not yet checkpointed into the main file).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = path.with_name(path.name + ".building")
+    conn = sqlite3.connect(work)
+    conn.execute("CREATE TABLE user (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT)")
+    conn.execute("CREATE INDEX ix_user_email ON user (email)")
+    rows = [USERS[i % len(USERS)] for i in range(users)]
+    conn.executemany("INSERT INTO user (name, email) VALUES (?, ?)", rows)
+    conn.commit()
+    if not wal_rows:
+        conn.close()
+        work.replace(path)
+        return path
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.executemany(
+        "INSERT INTO user (name, email) VALUES (?, ?)",
+        [(f"wal{i}", f"wal{i}@example.com") for i in range(wal_rows)],
+    )
+    conn.commit()
+    # Copy while the writer is open: closing it would checkpoint the WAL away.
+    shutil.copyfile(work, path)
+    shutil.copyfile(f"{work}-wal", f"{path}-wal")
+    conn.close()
+    for leftover in (work, Path(f"{work}-wal"), Path(f"{work}-shm")):
+        leftover.unlink(missing_ok=True)
+    return path
+
+
+def digest(path: Path) -> str:
+    """The file's SHA-256: the fixture file must be byte-identical after any run."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_ini(pytester: pytest.Pytester, **options: str) -> None:
+    """A pytest.ini for an inner run; asyncio in auto mode unless told otherwise."""
+    options.setdefault("asyncio_mode", "auto")
+    options.setdefault("asyncio_default_fixture_loop_scope", "function")
+    body = "\n".join(f"{key} = {value}" for key, value in options.items())
+    pytester.makefile(".ini", pytest=f"[pytest]\n{body}\n")
