@@ -1,0 +1,1 @@
+"""A tiny bookshop API that serves a SQLite file built offline."""
