@@ -14,8 +14,10 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import shutil
 import sqlite3
 import stat
+import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
@@ -106,8 +108,46 @@ def load_file(path: Path, name: str, *, origin: str) -> MemoryDatabase:
     the copy. ``origin`` names the option the path came from, for error messages.
     """
     check_fixture_file(path, origin=origin)
+    if _is_wal(path):
+        with tempfile.TemporaryDirectory(prefix="pytest-memdb-") as scratch:
+            readable = _checkpointed_copy(path, Path(scratch), origin=origin)
+            return _load(readable, name, path=path, origin=origin)
+    return _load(path, name, path=path, origin=origin)
+
+
+def _is_wal(path: Path) -> bool:
+    """Whether the header's read/write versions (bytes 18, 19) say WAL mode."""
+    with path.open("rb") as handle:
+        handle.seek(18)
+        return handle.read(2) == b"\x02\x02"
+
+
+def _checkpointed_copy(path: Path, scratch: Path, *, origin: str) -> Path:
+    """A private copy of a WAL-mode file with its ``-wal`` rows folded in, in rollback mode.
+
+    Opening the user's WAL file, even read-only, leaves a ``-shm`` file beside it;
+    and a backup of a WAL database keeps the WAL header bytes, which a ``memdb``
+    database cannot honour ("unable to open database file" on its first read).
+    """
+    copy = scratch / "fixture.sqlite"
+    shutil.copyfile(path, copy)
+    wal = Path(f"{path}-wal")
+    if wal.exists():
+        shutil.copyfile(wal, f"{copy}-wal")
     try:
-        source = sqlite3.connect(file_uri(path, read_only=True), uri=True)
+        conn = sqlite3.connect(copy)
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _file_error(path, origin, f"it is not a usable SQLite database ({exc})") from None
+    return copy
+
+
+def _load(readable: Path, name: str, *, path: Path, origin: str) -> MemoryDatabase:
+    try:
+        source = sqlite3.connect(file_uri(readable, read_only=True), uri=True)
     except sqlite3.Error as exc:
         raise _file_error(path, origin, f"SQLite cannot open it ({exc})") from None
     try:

@@ -72,6 +72,8 @@ def pytest_configure(config: pytest.Config) -> None:
         f"memdb({', '.join(f'{a}=...' for a in MARKER_ARGS)}): use another SQLite fixture "
         "file or isolation mode (copy, rollback, session) for this test.",
     )
+    if config.option.help:  # --help must work even with a bad option value in the ini file
+        return
     config.stash[settings_key] = MemdbConfig.from_pytest(config)
 
 
@@ -102,7 +104,7 @@ def memdb(request: pytest.FixtureRequest) -> Iterator[MemdbHandle]:
     try:
         handle = _registry(request.config).open(settings.target_for(request.node))
     except MemdbError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
     try:
         yield handle
     finally:

@@ -6,6 +6,7 @@ Imports SQLAlchemy: load it lazily.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +110,10 @@ class MemdbRegistry:
 
     def template(self, target: Target) -> Template:
         """The template for ``target.file``; a file that failed once fails fast after."""
-        key = target.file.resolve()
+        try:
+            key = target.file.resolve()
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            key = Path(os.path.abspath(target.file))
         failure = self._failures.get((key, target.file_origin))
         if failure is not None:
             raise failure

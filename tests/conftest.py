@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# Import the plugin's heavy half once in the outer process: pytester restores sys.modules
+# after every in-process run, so without this each inner run would import SQLAlchemy anew.
+import pytest_memdb.registry  # noqa: F401
 from tests.helpers import make_sqlite
 
 
