@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from pytest_memdb._loop import run_sync
 from pytest_memdb.engines import BUSY_TIMEOUT_S
 from pytest_memdb.memory import MemoryDatabase
 
@@ -120,6 +121,15 @@ class SharedConnection:
         )
         self._listen(self.async_engine.sync_engine, wait=self._wait_async)
         self._listen(self.sync_engine, wait=self._wait_blocking)
+        # StaticPool makes its one connection lazily; made on first use, fifty concurrent
+        # first checkouts would each open their own on the shared sqlite3 connection.
+        run_sync(self._prime_async_pool())
+        with self.sync_engine.connect():
+            pass
+
+    async def _prime_async_pool(self) -> None:
+        async with self.async_engine.connect():
+            pass
 
     async def _connect_async(self) -> aiosqlite.Connection:
         connection = _SharedAioConnection(lambda: self.raw, iter_chunk_size=64)
