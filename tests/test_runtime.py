@@ -147,3 +147,17 @@ async def test_fastapi_depends_like_the_seed(source: Path) -> None:
             assert (await client.get("/users")).json() == ["ada", "brian", "grace"]
             assert (await client.post("/users/linus")).json() == 4
             assert (await client.get("/users")).json()[-1] == "linus"
+
+
+async def test_sync_close_from_inside_a_running_loop(source: Path) -> None:
+    """``close()`` cannot nest a loop; it finishes on a helper thread instead."""
+    db = InMemoryDatabase()
+    db.setup(source)
+    name = db.name
+    assert await count(db) == 3
+    db.close()
+    probe = sqlite3.connect(f"file:/{name}?vfs=memdb", uri=True)
+    try:
+        assert probe.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    finally:
+        probe.close()
