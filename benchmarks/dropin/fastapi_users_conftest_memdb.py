@@ -1,0 +1,21 @@
+# ---------------------------------------------------------------------------
+# pytest-memdb drop-in (appended to tests/conftest.py by run_dropin.sh; the test
+# files are untouched). fastapi-users-db-sqlalchemy defines its database fixtures
+# (sqlalchemy_user_db, sqlalchemy_user_db_oauth, sqlalchemy_access_token_db) in the
+# test modules, where a conftest fixture of the same name cannot override them;
+# each one builds its engine with the module-level name ``create_async_engine``.
+# This autouse fixture (autouse fixtures are set up first) makes that name return
+# pytest-memdb's per-test engine on a copy of schema.sqlite (--memdb-file), so the
+# project's own fixture then runs unchanged: create_all finds the tables already
+# there (checkfirst), the session works on the in-memory copy, and the drop_all at
+# teardown only touches that copy (copy mode) or is rolled back (rollback mode).
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _memdb_engine_swap(request, monkeypatch):
+    module = request.module
+    if module is None or not hasattr(module, "create_async_engine"):
+        return
+    engine = request.getfixturevalue("memdb_engine")
+    monkeypatch.setattr(module, "create_async_engine", lambda *args, **kwargs: engine)
