@@ -104,26 +104,20 @@ def load_file(path: Path, name: str, *, origin: str) -> MemoryDatabase:
     """Copy the SQLite file at ``path`` into a new in-memory database called ``name``.
 
     The file is opened read-only through a percent-encoded URI and never written.
-    Rows still in a ``-wal`` file are read through SQLite's pager, so they are in
-    the copy. ``origin`` names the option the path came from, for error messages.
+    A WAL-mode file is first copied, with its ``-wal``, into a private folder where
+    SQLite folds the WAL's rows in, so they are in the copy too. ``origin`` names
+    the option the path came from, for error messages.
     """
-    check_fixture_file(path, origin=origin)
-    if _is_wal(path):
+    header = check_fixture_file(path, origin=origin)
+    if header[18:20] == b"\x02\x02":  # read/write format versions 2: WAL mode
         with tempfile.TemporaryDirectory(prefix="pytest-memdb-") as scratch:
             readable = _checkpointed_copy(path, Path(scratch), origin=origin)
             return _load(readable, name, path=path, origin=origin)
     return _load(path, name, path=path, origin=origin)
 
 
-def _is_wal(path: Path) -> bool:
-    """Whether the header's read/write versions (bytes 18, 19) say WAL mode."""
-    with path.open("rb") as handle:
-        handle.seek(18)
-        return handle.read(2) == b"\x02\x02"
-
-
 def _checkpointed_copy(path: Path, scratch: Path, *, origin: str) -> Path:
-    """A private copy of a WAL-mode file with its ``-wal`` rows folded in, in rollback mode.
+    """A private copy of a WAL-mode file, its ``-wal`` rows folded in, in rollback-journal mode.
 
     Opening the user's WAL file, even read-only, leaves a ``-shm`` file beside it;
     and a backup of a WAL database keeps the WAL header bytes, which a ``memdb``
@@ -171,8 +165,11 @@ def _load(readable: Path, name: str, *, path: Path, origin: str) -> MemoryDataba
         source.close()
 
 
-def check_fixture_file(path: Path, *, origin: str) -> None:
-    """Reject what SQLite would silently accept (a missing or empty file) or garble."""
+def check_fixture_file(path: Path, *, origin: str) -> bytes:
+    """Reject what SQLite would silently accept (a missing or empty file) or garble.
+
+    Returns the file's 100-byte header (shorter if the file is).
+    """
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -183,15 +180,16 @@ def check_fixture_file(path: Path, *, origin: str) -> None:
         raise _file_error(path, origin, "it is a folder, not a SQLite file")
     try:
         with path.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
+            header = handle.read(100)
     except OSError as exc:
         raise _file_error(path, origin, f"it cannot be read ({exc.strerror})") from None
     if info.st_size == 0:
         raise _file_error(path, origin, "it is empty (0 bytes), not a SQLite database")
-    if header != SQLITE_HEADER:
+    if not header.startswith(SQLITE_HEADER):
         raise _file_error(
             path, origin, f"it is not a SQLite database (its first bytes are {header[:16]!r})"
         )
+    return header
 
 
 def _file_error(path: Path, origin: str, problem: str) -> FixtureFileError:
