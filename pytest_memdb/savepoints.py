@@ -27,6 +27,7 @@ import itertools
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
@@ -157,7 +158,7 @@ class SharedConnection:
 
     # --- SQLAlchemy event hooks -------------------------------------------------
 
-    def _listen(self, engine: Engine, *, wait: Any) -> None:
+    def _listen(self, engine: Engine, *, wait: Callable[[], None]) -> None:
         def before_cursor_execute(
             conn: Connection, cursor: Any, statement: str, *args: Any
         ) -> None:
