@@ -54,7 +54,7 @@ class MemdbHandle:
 
     @property
     def name(self) -> str:
-        """The in-memory database's name (unique per run, worker and test in ``copy`` mode)."""
+        """The in-memory database's name (unique per run and xdist worker)."""
         return self.database.name
 
     @property

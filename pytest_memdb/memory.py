@@ -50,6 +50,10 @@ def file_uri(path: Path, *, read_only: bool) -> str:
     return f"file:{quote(str(path.resolve()))}{mode}"
 
 
+class DatabaseInUse(Exception):
+    """A database by that name is still open somewhere, so it is not free to be made anew."""
+
+
 class MemoryDatabase:
     """One shared in-memory database, alive exactly as long as this object is open."""
 
@@ -81,9 +85,16 @@ class MemoryDatabase:
     _closed = False
 
     def copy(self, name: str) -> MemoryDatabase:
-        """A new database with this one's content, via SQLite's page-level backup."""
+        """A new database with this one's content, via SQLite's page-level backup.
+
+        Raises :class:`DatabaseInUse` when a database called ``name`` still lives
+        (some connection holds it open): copying over it could wait forever on that
+        connection's lock, and would change data under it.
+        """
         target = MemoryDatabase(name)
         try:
+            if target.anchor.execute("PRAGMA page_count").fetchone()[0]:
+                raise DatabaseInUse(name)
             self.anchor.backup(target.anchor)
         except BaseException:
             target.close()

@@ -7,6 +7,7 @@ Imports SQLAlchemy: load it lazily.
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pytest_memdb.config import MemdbConfig, Target
 from pytest_memdb.engines import EnginePair
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.memory import MemoryDatabase, load_file, unique_name
+from pytest_memdb.memory import DatabaseInUse, MemoryDatabase, load_file, unique_name
 from pytest_memdb.savepoints import SharedConnection
 
 
@@ -35,14 +36,33 @@ class Template:
     _shared: SharedConnection | None = field(default=None, init=False)
     _session_db: MemoryDatabase | None = field(default=None, init=False)
     _session_engines: EnginePair | None = field(default=None, init=False)
+    _copy_name: str | None = field(default=None, init=False)
+    _copy_engines: EnginePair | None = field(default=None, init=False)
 
     def open_copy(self) -> MemdbHandle:
-        database = self.database.copy(unique_name(self.worker, "test"))
-        engines = EnginePair(database, echo=self.echo)
+        """A fresh copy of the template, under the name every copy of it takes in turn.
 
+        Reusing one name lets the engines outlive the test: their pools are emptied at
+        teardown (no connection, PRAGMA or temp table survives), but SQLAlchemy's dialect
+        set-up and compiled-statement cache serve every test instead of starting over,
+        which is most of what an ORM-heavy test would otherwise pay per test.
+        """
+        if self._copy_name is None:
+            self._copy_name = unique_name(self.worker, self.source.stem, "copy")
+        try:
+            database = self.database.copy(self._copy_name)
+        except (DatabaseInUse, sqlite3.Error):
+            # A connection an earlier test leaked still holds the shared copy: go around it.
+            database = self.database.copy(unique_name(self.worker, self.source.stem, "copy"))
+            return self._copy_handle(database, EnginePair(database, echo=self.echo))
+        if self._copy_engines is None:
+            self._copy_engines = EnginePair(database, echo=self.echo)
+        return self._copy_handle(database, self._copy_engines)
+
+    def _copy_handle(self, database: MemoryDatabase, engines: EnginePair) -> MemdbHandle:
         def release() -> None:
             try:
-                run_sync(engines.aclose())
+                run_sync(engines.aclose())  # empties the pools; the engines stay usable
             finally:
                 database.close()
 
@@ -84,6 +104,8 @@ class Template:
                 await self._shared.aclose()
             if self._session_engines is not None:
                 await self._session_engines.aclose()
+            if self._copy_engines is not None:
+                await self._copy_engines.aclose()
         finally:
             if self._session_db is not None:
                 self._session_db.close()

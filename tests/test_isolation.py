@@ -166,12 +166,53 @@ def test_copy_mode_discards_rows_ddl_and_pragmas_between_tests(pytester: pytest.
     lines = memdb_lines(result.outlines)
     names = [fields["name"] for fields in lines.values()]
     assert len(names) == 4
-    assert len(set(names)) == 4, f"copy-mode tests shared a database: {names}"
+    # The copies take turns under one name (so the engines and their statement cache are
+    # reused); the data above shows each test got a fresh one.
+    assert len(set(names)) == 1, names
     templates = {fields["template"] for fields in lines.values()}
     assert len(templates) == 1
     for name in [*names, *templates]:
         assert "-main-" in name, name
     assert templates.isdisjoint(names), "a copy-mode test worked on the template itself"
+
+
+LEAKY_TESTS = """
+    import sqlite3
+
+    from sqlalchemy import text
+
+    LEAKED = []
+
+
+    async def test_1_leaks_a_connection_with_an_open_write(memdb, memdb_session):
+        leak = sqlite3.connect(memdb.database.sqlite_uri, uri=True, check_same_thread=False)
+        leak.execute("INSERT INTO user (name) VALUES ('leaked')")  # a write lock, never ended
+        LEAKED.append((memdb.name, leak))
+
+
+    async def test_2_still_gets_a_fresh_copy(memdb, memdb_session):
+        leaked_name, leak = LEAKED[0]
+        assert memdb.name != leaked_name
+        count = (await memdb_session.execute(text("SELECT count(*) FROM user"))).scalar()
+        assert count == 3
+        leak.close()
+
+
+    async def test_3_takes_the_shared_name_again(memdb, memdb_session):
+        assert memdb.name == LEAKED[0][0]
+        count = (await memdb_session.execute(text("SELECT count(*) FROM user"))).scalar()
+        assert count == 3
+"""
+
+
+def test_copy_mode_goes_around_a_connection_an_earlier_test_leaked(
+    pytester: pytest.Pytester,
+) -> None:
+    """A leaked connection must not hang the next test (a backup would wait on its lock)."""
+    make_project(pytester)
+    pytester.makepyfile(test_leaky=LEAKY_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=3)
 
 
 # --- rollback mode -----------------------------------------------------------------------
@@ -620,6 +661,12 @@ def test_xdist_workers_get_their_own_named_databases(pytester: pytest.Pytester) 
     # One template per worker, and the two workers' templates are different databases.
     assert all(len(names) == 1 for names in templates.values()), templates
     assert templates["gw0"] != templates["gw1"]
-    copies = [fields["name"] for label, fields in lines.items() if label.startswith("copy")]
-    assert len(set(copies)) == 6, copies
-    assert set(copies).isdisjoint(set.union(*templates.values()))
+    # Each worker's copy-mode tests take turns under one name of their own (fresh data each
+    # time, shown by before=3 above); the two workers' names differ.
+    copies: dict[str, set[str]] = {}
+    for label, fields in lines.items():
+        if label.startswith("copy"):
+            copies.setdefault(fields["worker"], set()).add(fields["name"])
+    assert all(len(names) == 1 for names in copies.values()), copies
+    assert copies["gw0"] != copies["gw1"]
+    assert set.union(*copies.values()).isdisjoint(set.union(*templates.values()))
