@@ -59,6 +59,7 @@ class MemoryDatabase:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._closed = False
         self.anchor: sqlite3.Connection = sqlite3.connect(
             self.sqlite_uri, uri=True, check_same_thread=False
         )
@@ -77,12 +78,6 @@ class MemoryDatabase:
     def sync_url(self) -> str:
         """The SQLAlchemy URL for ``create_engine`` (the stdlib driver)."""
         return f"sqlite:///{self.sqlite_uri}&uri=true"
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    _closed = False
 
     def copy(self, name: str) -> MemoryDatabase:
         """A new database with this one's content, via SQLite's page-level backup.

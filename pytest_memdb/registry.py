@@ -152,10 +152,6 @@ class MemdbRegistry:
             self._templates[key] = Template(key, database, self.settings.echo, self.worker)
         return self._templates[key]
 
-    @property
-    def files(self) -> list[Path]:
-        return list(self._templates)
-
     def close(self) -> None:
         """Free every template (called once, at the end of the session)."""
         templates, self._templates = list(self._templates.values()), {}
