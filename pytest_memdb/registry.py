@@ -48,16 +48,19 @@ class Template:
         which is most of what an ORM-heavy test would otherwise pay per test.
         """
         if self._copy_name is None:
-            self._copy_name = unique_name(self.worker, self.source.stem, "copy")
+            self._copy_name = self._new_copy_name()
         try:
             database = self.database.copy(self._copy_name)
         except (DatabaseInUse, sqlite3.Error):
             # A connection an earlier test leaked still holds the shared copy: go around it.
-            database = self.database.copy(unique_name(self.worker, self.source.stem, "copy"))
+            database = self.database.copy(self._new_copy_name())
             return self._copy_handle(database, EnginePair(database, echo=self.echo))
         if self._copy_engines is None:
             self._copy_engines = EnginePair(database, echo=self.echo)
         return self._copy_handle(database, self._copy_engines)
+
+    def _new_copy_name(self) -> str:
+        return unique_name(self.worker, self.source.stem, "copy")
 
     def _copy_handle(self, database: MemoryDatabase, engines: EnginePair) -> MemdbHandle:
         def release() -> None:
