@@ -9,57 +9,76 @@ time SQLAlchemy's async pool binds itself to one loop. That lets Starlette's
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from pytest_memdb.memory import MemoryDatabase
+from pytest_memdb.pragmas import Pragmas, apply_pragmas
 
 BUSY_TIMEOUT_S = 5.0
 """How long a connection waits for another one's write lock, as ``sqlite3``'s default."""
 
 
-def async_engine(database: MemoryDatabase, *, echo: bool) -> AsyncEngine:
+def async_engine(database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> AsyncEngine:
     """An aiosqlite engine whose every connection opens ``database`` by name."""
-    return create_async_engine(
+    engine = create_async_engine(
         database.async_url,
         echo=echo,
         poolclass=AsyncAdaptedQueuePool,
         pool_size=0,
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
     )
+    set_pragmas_on_connect(engine.sync_engine, pragmas)
+    return engine
 
 
-def sync_engine(database: MemoryDatabase, *, echo: bool) -> Engine:
+def sync_engine(database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> Engine:
     """A stdlib-``sqlite3`` engine on ``database``, for sync tests and set-up code."""
-    return create_engine(
+    engine = create_engine(
         database.sync_url,
         echo=echo,
         poolclass=QueuePool,
         pool_size=0,
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
     )
+    set_pragmas_on_connect(engine, pragmas)
+    return engine
+
+
+def set_pragmas_on_connect(engine: Engine, pragmas: Pragmas) -> None:
+    """Apply ``memdb_pragmas`` to each new DBAPI connection, before any transaction."""
+    if not pragmas:
+        return
+
+    def connect(dbapi_connection: Any, record: Any) -> None:
+        apply_pragmas(dbapi_connection, pragmas)
+
+    event.listen(engine, "connect", connect)
 
 
 class EnginePair:
     """The async and sync engines of one database, made on first use, disposed together."""
 
-    def __init__(self, database: MemoryDatabase, *, echo: bool) -> None:
+    def __init__(self, database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> None:
         self._database = database
         self._echo = echo
+        self._pragmas = pragmas
         self._async: AsyncEngine | None = None
         self._sync: Engine | None = None
 
     @property
     def async_engine(self) -> AsyncEngine:
         if self._async is None:
-            self._async = async_engine(self._database, echo=self._echo)
+            self._async = async_engine(self._database, echo=self._echo, pragmas=self._pragmas)
         return self._async
 
     @property
     def sync_engine(self) -> Engine:
         if self._sync is None:
-            self._sync = sync_engine(self._database, echo=self._echo)
+            self._sync = sync_engine(self._database, echo=self._echo, pragmas=self._pragmas)
         return self._sync
 
     async def aclose(self) -> None:
