@@ -113,7 +113,7 @@ def _run_load_step(step: LoadStep, conn: Connection, base_dir: Path) -> None:
                 f"read ({exc.strerror or exc})."
             ) from None
         for number, statement in enumerate(split_sql(script), 1):
-            shown = re.sub(r"\s+", " ", statement)[:200]
+            shown = re.sub(r"\s+", " ", statement).rstrip(";")[:200]
             what = f"running statement {number} of the {step.describe()}: {shown}"
             _step(what, _sql, conn, statement)
         return
