@@ -82,7 +82,7 @@ def seed(conn):
     conn.execute(insert(Book), BOOKS)
 '''
 
-TEST_PY = '''\
+TEST_PY = """\
 import os
 
 import pytest
@@ -103,10 +103,10 @@ async def test_review(session, i):
     await session.commit()
     count = await session.scalar(select(func.count()).select_from(Review))
     assert count == 1  # every test starts from the seeded state
-'''
+"""
 
 CONFTESTS = {
-    "create_all per test": '''\
+    "create_all per test": """\
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -122,23 +122,23 @@ async def session():
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
         yield session
     await engine.dispose()
-''',
-    "memdb copy": '''\
+""",
+    "memdb copy": """\
 import pytest
 
 
 @pytest.fixture
 def session(memdb_session):
     return memdb_session
-''',
-    "no database": '''\
+""",
+    "no database": """\
 import pytest
 
 
 @pytest.fixture
 def session():
     return None
-''',
+""",
 }
 CONFTESTS["memdb rollback"] = CONFTESTS["memdb copy"]
 INI = """\
@@ -148,7 +148,7 @@ asyncio_default_fixture_loop_scope = function
 memdb_metadata = models:Base
 memdb_load = models:seed
 """
-TIMING_PY = '''\
+TIMING_PY = """\
 import json
 import os
 
@@ -164,7 +164,7 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session):
     with open(os.environ["BENCH_OUT"], "w") as out:
         json.dump(list(_times.values()), out)
-'''
+"""
 WAYS = ("create_all per test", "memdb copy", "memdb rollback", "no database")
 
 

@@ -207,7 +207,10 @@ def import_metadata(dotted: str, origin: str, base_dir: Path) -> MetaData:
 
 
 def _found(obj: object) -> str:
-    kind = "a class" if isinstance(obj, type) else f"a {type(obj).__name__}"
+    name = type(obj).__name__
+    kind = (
+        "a class" if isinstance(obj, type) else f"{'an' if name[0] in 'AEIOUaeiou' else 'a'} {name}"
+    )
     return f"{kind} ({obj!r})"
 
 

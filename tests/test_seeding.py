@@ -238,7 +238,7 @@ def test_a_failing_sql_statement_errors_every_test_of_that_template_only(
         ),
         (
             "models:not_callable",
-            "pytest-memdb: memdb_load in pytest.ini: 'models:not_callable' is a int (7), not a "
+            "pytest-memdb: memdb_load in pytest.ini: 'models:not_callable' is an int (7), not a "
             "callable taking a sync SQLAlchemy Connection.",
         ),
         (

@@ -219,7 +219,7 @@ def test_a_plain_metadata_object_works(pytester: pytest.Pytester) -> None:
         ),
         (
             "models:not_a_model",
-            "pytest-memdb: memdb_metadata in pytest.ini 'models:not_a_model' is a int (42); "
+            "pytest-memdb: memdb_metadata in pytest.ini 'models:not_a_model' is an int (42); "
             "expected a DeclarativeBase subclass (class Base(DeclarativeBase)) or a "
             "sqlalchemy.MetaData.",
         ),
