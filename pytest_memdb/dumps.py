@@ -22,28 +22,55 @@ if TYPE_CHECKING:
     from pytest_memdb.janitor import MemdbHandle
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_PLAIN_NODEID = re.compile(r"[A-Za-z0-9_./-]+(?:::[A-Za-z0-9_.-]+)*")
+"""A test id whose sanitized form is readable and unlikely to meet another's as is."""
 MAX_STEM = 120
 
 
 def dump_path(directory: Path, nodeid: str, fixture: str) -> Path:
-    """``DIR/<sanitized test id>.sqlite`` (plus ``-<fixture>`` for a factory's database)."""
-    stem = _UNSAFE.sub("_", nodeid).strip("_.") or "test"
+    """``DIR/<sanitized test id>.sqlite`` (plus ``-<fixture>`` for a factory's database).
+
+    Sanitizing loses information (``test[a/b]``, ``test[a b]`` and ``test[a_b]`` all
+    read ``test_a_b``), so an id with anything but letters, digits, ``_.-``, ``/`` and
+    ``::`` in it, and one cut short to keep the name legal, gets a hash of the full id:
+    two tests never share a file.
+    """
+    sanitized = _UNSAFE.sub("_", nodeid)
+    stem = sanitized.strip("_.") or "test"
+    if stem != sanitized or not _PLAIN_NODEID.fullmatch(nodeid) or len(stem) > MAX_STEM:
+        digest = hashlib.sha1(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        stem = f"{stem[: MAX_STEM - 11].rstrip('_.')}-{digest}"
     if fixture != "memdb":
         stem = f"{stem}-{_UNSAFE.sub('_', fixture)}"
-    if len(stem) > MAX_STEM:  # keep file names legal; the hash keeps them apart
-        digest = hashlib.sha1(stem.encode()).hexdigest()[:10]
-        stem = f"{stem[: MAX_STEM - 11]}-{digest}"
     return directory / f"{stem}.sqlite"
+
+
+LOCK_WAIT_S = 1.0
+"""How long a dump waits for a write another connection of the test is finishing."""
 
 
 def save_committed(database: MemoryDatabase, path: Path) -> Path:
     """Write the database's last committed state to ``path`` as a SQLite file.
 
-    A new connection reads it: an open write transaction elsewhere (a session the
-    test left uncommitted) does not block a reader.
+    A new connection reads it inside a read transaction it opens first, waiting at
+    most :data:`LOCK_WAIT_S`: SQLite's ``memdb`` lets no reader in while another
+    connection holds a pending write (a session the test left uncommitted), and
+    ``backup()`` itself would retry such a lock forever. That case raises
+    ``sqlite3.OperationalError`` saying so, and the report shows it instead of a path.
     """
-    reader = sqlite3.connect(database.sqlite_uri, uri=True, timeout=1.0)
+    reader = sqlite3.connect(
+        database.sqlite_uri, uri=True, timeout=LOCK_WAIT_S, isolation_level=None
+    )
     try:
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            raise sqlite3.OperationalError(
+                f"{exc}: a connection of the test holds an uncommitted write, and SQLite "
+                "lets no one read past it (commit or roll back before the test fails; "
+                "rollback isolation dumps pending writes too)"
+            ) from None
         with _writing(path) as partial:
             target = sqlite3.connect(partial)
             try:
