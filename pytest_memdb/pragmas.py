@@ -26,6 +26,10 @@ _ENUMS = {
     "temp_store": {"default": 0, "file": 1, "memory": 2},
     "secure_delete": {"fast": 2},
 }
+_WRITES = (
+    "it writes to the database, so every new connection would wait on the test's open "
+    "writes (set it in the fixture file or a memdb_load step instead)"
+)
 _NOT_PER_CONNECTION = {
     "journal_mode": "an in-memory database always keeps its journal in memory",
     "locking_mode": "an exclusive lock would keep the app's own connections out",
@@ -34,6 +38,11 @@ _NOT_PER_CONNECTION = {
     "encoding": "the encoding is the fixture file's",
     "schema_version": "writing it corrupts the schema cache",
     "writable_schema": "it allows corrupting the database",
+    "user_version": _WRITES,
+    "application_id": _WRITES,
+    "optimize": _WRITES,
+    "incremental_vacuum": _WRITES,
+    "wal_checkpoint": _WRITES,
 }
 
 
