@@ -358,3 +358,40 @@ def test_teardown_and_expected_failures(pytester: pytest.Pytester) -> None:
     assert sorted(dumps.iterdir()) == [both]
     assert names_in(both) == [*BASE, "call"]
     assert list(kept(result.outlines)) == [str(both)]
+
+
+class _NoSerialize:
+    """A ``sqlite3.Connection`` as Python 3.10 has it: no ``serialize()``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def iterdump(self):  # type: ignore[no-untyped-def]
+        return self._conn.iterdump()
+
+
+@pytest.mark.parametrize("serialize", [True, False], ids=["serialize", "iterdump"])
+def test_connection_view_includes_its_open_transaction(tmp_path: Path, serialize: bool) -> None:
+    from pytest_memdb.dumps import save_connection_view
+    from pytest_memdb.memory import MemoryDatabase, unique_name
+
+    database = MemoryDatabase(unique_name("keep", "view"))
+    conn = sqlite3.connect(database.sqlite_uri, uri=True, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE user (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO user (name) VALUES ('before')")
+        conn.execute("BEGIN")  # the rollback-mode outer transaction
+        conn.execute("SAVEPOINT sp")
+        conn.execute("INSERT INTO user (name) VALUES ('released')")
+        conn.execute("RELEASE sp")
+        conn.execute("SAVEPOINT pending")
+        conn.execute("INSERT INTO user (name) VALUES ('pending')")
+        source = conn if serialize else _NoSerialize(conn)
+        path = save_connection_view(source, tmp_path / "view.sqlite")  # type: ignore[arg-type]
+        assert conn.in_transaction
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+        database.close()
+    assert names_in(path) == ["before", "released", "pending"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["view.sqlite"]
