@@ -16,8 +16,10 @@ end up committed for real). We emit the SQL ourselves:
 
 The write lock keeps savepoints strictly nested when several sessions of one
 test run concurrently (SQLite's ``RELEASE`` of an outer name would otherwise
-swallow an inner one). It behaves like SQLite's own write lock in the other
-modes: reads never wait, a second writer waits up to the busy timeout.
+swallow an inner one). A second writer waits for it up to the busy timeout, as
+with SQLite's own write lock; reads never wait for it. (In the other modes reads
+do wait: SQLite's ``memdb`` VFS lets no new reader in while another connection
+holds an uncommitted write, unlike a file in rollback-journal mode.)
 """
 
 from __future__ import annotations
