@@ -9,11 +9,13 @@ Standard library only: this runs in ``pytest_configure``.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_memdb.errors import MemdbError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 Pragmas = tuple[tuple[str, str], ...]
 """``(name, value)`` pairs, applied in order on every connection."""
@@ -49,13 +51,16 @@ _NOT_PER_CONNECTION = {
 def parse_pragmas(lines: Iterable[str], origin: str) -> Pragmas:
     """``name=value`` lines into pairs, each one proven to take effect in SQLite."""
     pairs: list[tuple[str, str]] = []
+    entries = [raw.strip() for raw in lines]
+    entries = [line for line in entries if line and not line.startswith("#")]
+    if not entries:  # the usual case, in every pytest run: no sqlite3 import, no probe
+        return ()
+    import sqlite3
+
     probe = sqlite3.connect(":memory:")
     try:
         known = {row[0] for row in probe.execute("PRAGMA pragma_list")}
-        for raw in lines:
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
+        for line in entries:
             name, sep, value = (part.strip() for part in line.partition("="))
             name = name.lower()
             if not sep or not _NAME.match(name) or not _VALUE.match(value):
@@ -83,6 +88,8 @@ def parse_pragmas(lines: Iterable[str], origin: str) -> Pragmas:
 def _check_takes_effect(
     probe: sqlite3.Connection, name: str, value: str, line: str, origin: str
 ) -> None:
+    import sqlite3
+
     try:
         probe.execute(f"PRAGMA {name}={value}").fetchall()
         after: Sequence[object] | None = probe.execute(f"PRAGMA {name}").fetchone()
