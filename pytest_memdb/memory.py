@@ -96,6 +96,45 @@ class MemoryDatabase:
             raise
         return target
 
+    def prepare_for_restores(self) -> None:
+        """Let :meth:`restore_from` overwrite this database in place, cheaply and never waiting.
+
+        The anchor stops waiting for other connections' locks (a busy check answers at
+        once) and stops journaling its own writes: a restore overwrites every page anyway,
+        and a journal would double the memory it touches.
+        """
+        self.anchor.execute("PRAGMA busy_timeout = 0")
+        self.anchor.execute("PRAGMA journal_mode = OFF")
+
+    def data_version(self) -> int | None:
+        """SQLite's ``PRAGMA data_version`` as the anchor sees it, or None while another
+        connection holds a write open.
+
+        The value changes whenever any *other* connection (any driver, sync or async, any
+        statement: rows, DDL, ``PRAGMA user_version``) committed to this database since
+        the anchor last asked; the anchor's own writes (:meth:`restore_from`) leave it.
+        """
+        try:
+            return int(self.anchor.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.OperationalError:
+            return None
+
+    def restore_from(self, source: MemoryDatabase) -> bool:
+        """Overwrite this database in place with ``source``'s content (page-level backup).
+
+        Connections open on this database stay open and see the restored content (SQLite
+        invalidates their page and schema caches). Returns False, changing nothing, when
+        another connection holds a lock on it (an open read or write): a backup would
+        wait for that lock forever. Needs :meth:`prepare_for_restores` first.
+        """
+        try:
+            self.anchor.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError:
+            return False
+        self.anchor.execute("COMMIT")
+        source.anchor.backup(self.anchor)
+        return True
+
     def close(self) -> None:
         """Free the memory; connections still open elsewhere keep the database alive."""
         if not self._closed:
