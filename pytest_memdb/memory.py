@@ -18,7 +18,6 @@ import shutil
 import sqlite3
 import stat
 import tempfile
-import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -193,19 +192,12 @@ def _load(readable: Path, name: str, *, path: Path, origin: str) -> MemoryDataba
     try:
         try:
             source.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            # Read the file through a memory map: the backup then copies each page once.
-            source.execute(f"PRAGMA mmap_size = {max(readable.stat().st_size, 1)}")
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
             raise _file_error(path, origin, f"it is not a usable SQLite database ({exc})") from None
-        # The integrity check reads the file on its own connection and thread while the
-        # backup copies it (sqlite3 releases the GIL): start-up pays the slower of the two.
-        check = _QuickCheck(readable)
         database = MemoryDatabase(name)
         try:
-            try:
-                source.backup(database.anchor)
-            finally:
-                problems = check.result()
+            source.backup(database.anchor)
+            problems = [row[0] for row in database.anchor.execute("PRAGMA quick_check")]
         except sqlite3.Error as exc:
             database.close()
             raise _file_error(path, origin, f"it is corrupt ({exc})") from None
@@ -216,33 +208,6 @@ def _load(readable: Path, name: str, *, path: Path, origin: str) -> MemoryDataba
         return database
     finally:
         source.close()
-
-
-class _QuickCheck:
-    """``PRAGMA quick_check`` of a file, run on a helper thread from construction on."""
-
-    def __init__(self, readable: Path) -> None:
-        self._readable = readable
-        self._outcome: list[str] | sqlite3.Error | None = None
-        self._thread = threading.Thread(target=self._run, name="pytest-memdb-quick-check")
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(file_uri(self._readable, read_only=True), uri=True)
-            try:
-                self._outcome = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            self._outcome = exc
-
-    def result(self) -> list[str]:
-        """The check's rows (``["ok"]`` for a sound file); raises the error it met."""
-        self._thread.join()
-        if isinstance(self._outcome, sqlite3.Error):
-            raise self._outcome
-        return self._outcome or []
 
 
 def check_fixture_file(path: Path, *, origin: str) -> bytes:
