@@ -402,6 +402,14 @@ WAYS: tuple[Way, ...] = (
     Way("shared", "one shared file, no isolation", CONFTEST_SHARED, shared_file=True),
 )
 ALL_WAYS = (*WAYS, BASELINE)
+FLOORS = {
+    "copy": "session",
+    "rollback": "session",
+    "seed": "shared",
+    "tempfile": "shared",
+    "factories": "shared",
+}
+"""Each way's floor: the same way of reaching a database, without isolation."""
 
 # --------------------------------------------------------------------------------------
 # Fixture files
@@ -679,7 +687,8 @@ STARTUP_METHODS = (
     "read_bytes + bytearray",
 )
 COPY_METHODS = (
-    "MemoryDatabase.copy + close",
+    "restore in place after a write (copy mode)",
+    "MemoryDatabase.copy + close (a fresh copy)",
     "shutil.copyfile + unlink",
     "bytearray(data) + del",
 )
@@ -754,8 +763,18 @@ class MicroBench:
     def copy_round(self, fixture: Fixture, reps: int, turn: int) -> None:
         memory = self.memory
         template = memory.load_file(fixture.path, memory.unique_name("bench"), origin="bench")
+        slot = template.copy(memory.unique_name("bench", "slot"))
+        slot.prepare_for_restores()
+        writer = sqlite3.connect(slot.sqlite_uri, uri=True, isolation_level=None)
         data = fixture.path.read_bytes()
         target = self.scratch / "copy.sqlite"
+
+        def restore() -> float:
+            writer.execute("UPDATE authors SET born = born + 1 WHERE id = 1")  # what a test does
+            started = time.perf_counter()
+            if not slot.restore_from(template):
+                raise SystemExit("bench: the copy could not be restored")
+            return 1000 * (time.perf_counter() - started)
 
         def memdb_copy() -> None:
             template.copy(memory.unique_name("bench", "test")).close()
@@ -768,12 +787,19 @@ class MicroBench:
             buffer = bytearray(data)
             del buffer
 
-        actions = list(zip(COPY_METHODS, (memdb_copy, copyfile, copy_bytes), strict=True))
+        actions: list[tuple[str, Callable[[], float]]] = [
+            (COPY_METHODS[0], restore),
+            (COPY_METHODS[1], lambda: timed(memdb_copy)),
+            (COPY_METHODS[2], lambda: timed(copyfile)),
+            (COPY_METHODS[3], lambda: timed(copy_bytes)),
+        ]
         try:
             for rep in range(reps):
                 for method, action in rotate(actions, turn + rep):
-                    self._sample(self.copy, fixture.label, method).append(timed(action))
+                    self._sample(self.copy, fixture.label, method).append(action())
         finally:
+            writer.close()
+            slot.close()
             template.close()
 
 
@@ -982,6 +1008,24 @@ class Report:
     def overhead_ms(self, size: str, way: str) -> float:
         return self.paired(size, way, lambda r: r.fixture_ms)
 
+    def isolation_ms(self, size: str, way: str) -> float:
+        """What isolation adds per test: *added* minus its floor's, same round (median).
+
+        The floor is the same way without isolation: pytest-memdb ``session`` for the
+        pytest-memdb modes (same engines, same in-memory database), the one shared disk
+        file for the others (same driver on a disk file).
+        """
+        floor = FLOORS.get(way)
+        if floor is None:
+            return float("nan")
+        base = {r.round: r.total_ms for r in self.results(size, floor)}
+        return median(
+            r.total_ms - base[r.round] for r in self.results(size, way) if r.round in base
+        )
+
+    def peak_rss_mb(self, size: str, way: str) -> float:
+        return median(r.maxrss_mb for r in self.results(size, way))
+
     def render(self) -> str:
         out = self.lines = ["# pytest-memdb benchmark", ""]
         out += machine_lines(self.args, self.fixtures)
@@ -1001,7 +1045,10 @@ class Report:
             "Times inside the run, per test, first test excluded (its set-up also pays the "
             "session start-up, shown in its own column). **added** = set-up + body + "
             "teardown minus the no-database baseline's: what the database costs each test. "
-            "**fixture** = set-up + teardown minus the baseline's. Ratios are of *added*.",
+            "**fixture** = set-up + teardown minus the baseline's. **isolation** = *added* "
+            "minus the *added* of the same way without isolation (the floor: pytest-memdb "
+            "session for pytest-memdb's modes, the one shared file for the others). "
+            "Ratios are of *added*.",
             "",
         ]
         header = (
@@ -1009,6 +1056,7 @@ class Report:
             "tests",
             "added ms/test",
             "fixture ms/test",
+            "isolation ms/test",
             "set-up ms",
             "body ms",
             "teardown ms",
@@ -1037,6 +1085,7 @@ class Report:
                         tests_text,
                         "-" if is_base else fmt(added),
                         "-" if is_base else fmt(self.overhead_ms(size, way.key)),
+                        fmt(self.isolation_ms(size, way.key)) if way.key in FLOORS else "-",
                         fmt(median(r.setup_ms for r in results)),
                         fmt(median(r.call_ms for r in results)),
                         fmt(median(r.teardown_ms for r in results)),
@@ -1088,7 +1137,12 @@ class Report:
     def render_copy(self) -> None:
         out = self.lines
         out += [
-            "## Per-test copy of the database (in-process, ms, copy and free)",
+            "## Per-test copy of the database (in-process, ms)",
+            "",
+            "Copy mode restores its one copy in place after a test that wrote (timed here "
+            "after a one-row UPDATE by another connection); a fresh `MemoryDatabase.copy` "
+            "(copy and free) was the 0.1 mechanism. Then what the temp-file way does per "
+            "test, and one plain memory copy of the file's bytes.",
             "",
         ]
         sizes = [f.label for f in self.fixtures]
@@ -1105,7 +1159,7 @@ class Report:
                 )
                 for s in sizes
             ]
-            rows.append((f"memdb copy / {other}", *cells))
+            rows.append((f"restore in place / {other}", *cells))
         out += table(("method", *sizes), rows)
         out.append("")
 
@@ -1172,35 +1226,72 @@ class Report:
                 verdict = "met" if ok else "**missed**"
             rows.append((name, measured, verdict))
 
+        def micro_copy(size: str, method: str) -> float:
+            return median(self.micro.copy.get((size, method), []))
+
         for size in sizes:
-            copy_fixture = self.overhead_ms(size, "copy")
-            temp_fixture = self.overhead_ms(size, "tempfile")
+            copy_added, temp_added = self.added_ms(size, "copy"), self.added_ms(size, "tempfile")
             check(
-                f"copy fixture cost <= 1/2 temp-file copy's ({size})",
-                f"{fmt(copy_fixture)} vs {fmt(temp_fixture)} ms (added incl. body: "
-                f"{fmt(self.added_ms(size, 'copy'))} vs {fmt(self.added_ms(size, 'tempfile'))})",
-                (copy_fixture, temp_fixture),
-                copy_fixture <= temp_fixture / 2,
+                f"copy: per-test cost <= 1/2 of the temp-file copy's ({size})",
+                f"added {fmt(copy_added)} vs {fmt(temp_added)} ms; isolation over its floor "
+                f"{fmt(self.isolation_ms(size, 'copy'))} vs "
+                f"{fmt(self.isolation_ms(size, 'tempfile'))} ms",
+                (copy_added, temp_added),
+                copy_added <= temp_added / 2,
             )
         if "0.1 MB" in sizes:
-            value = self.overhead_ms("0.1 MB", "copy")
-            check("copy fixture cost < 1 ms at 0.1 MB", f"{fmt(value)} ms", (value,), value < 1)
-        rollback = {s: self.overhead_ms(s, "rollback") for s in sizes}
-        for size, value in rollback.items():
-            floor = self.overhead_ms(size, "shared")
+            value = self.isolation_ms("0.1 MB", "copy")
             check(
-                f"rollback fixture cost < 1 ms ({size})",
-                f"{fmt(value)} ms (the shared-file floor: {fmt(floor)} ms)",
+                "copy: isolation < 1 ms per test at 0.1 MB (added minus memdb session's)",
+                f"{fmt(value)} ms (fixture cost over the no-db baseline: "
+                f"{fmt(self.overhead_ms('0.1 MB', 'copy'))} ms)",
+                (value,),
+                value < 1,
+            )
+        for fixture in self.fixtures:
+            if fixture.target_mb < 1:
+                continue
+            size = fixture.label
+            value = self.isolation_ms(size, "copy")
+            restore = micro_copy(size, COPY_METHODS[0])
+            raw = micro_copy(size, COPY_METHODS[3])
+            check(
+                f"copy: within 2x of bytearray(data) ({size})",
+                f"isolation in the suite {fmt(value)} ms, restore alone {fmt(restore)} ms, "
+                f"vs bytearray {fmt(raw)} ms",
+                (value, raw),
+                value <= 2 * raw,
+            )
+        rollback = {s: self.isolation_ms(s, "rollback") for s in sizes}
+        for size, value in rollback.items():
+            check(
+                f"rollback: isolation < 1 ms per test ({size})",
+                f"{fmt(value)} ms over memdb session (fixture cost over the no-db baseline: "
+                f"{fmt(self.overhead_ms(size, 'rollback'))} ms)",
                 (value,),
                 value < 1,
             )
         if len(rollback) > 1:
             values = list(rollback.values())
             check(
-                "rollback flat across sizes (spread < 0.5 ms)",
+                "rollback: flat across sizes (spread < 0.5 ms)",
                 f"{fmt(min(values))} .. {fmt(max(values))} ms",
                 values,
                 max(values) - min(values) < 0.5,
+            )
+        for fixture in self.fixtures:
+            size = fixture.label
+            # The interpreter's baseline: the same suite with the same libraries imported
+            # (SQLAlchemy, aiosqlite) and its database on disk, not in memory.
+            peak = self.peak_rss_mb(size, "copy")
+            base = self.peak_rss_mb(size, "shared")
+            bound = base + 3 * fixture.size_mb * 1e6 / 2**20
+            check(
+                f"copy: peak RSS <= baseline + template + 2 copies ({size})",
+                f"{fmt(peak, 0)} MB vs shared-file run {fmt(base, 0)} + 3 x "
+                f"{fmt(fixture.size_mb, 1)} = {fmt(bound, 0)} MB",
+                (peak, base),
+                peak <= bound,
             )
         if self.fixtures:
             size = max(self.fixtures, key=lambda f: f.target_mb).label
