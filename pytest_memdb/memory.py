@@ -195,7 +195,10 @@ def _load(readable: Path, name: str, *, path: Path, origin: str) -> MemoryDataba
     try:
         try:
             source.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.Error as exc:
+            # Read the (read-only) file through a memory map: the backup copies each page
+            # once instead of reading it into a page cache first.
+            source.execute(f"PRAGMA mmap_size = {max(readable.stat().st_size, 1)}")
+        except (sqlite3.Error, OSError) as exc:
             raise _file_error(path, origin, f"it is not a usable SQLite database ({exc})") from None
         database = MemoryDatabase(name)
         try:
