@@ -55,7 +55,16 @@ def leaves_connection_state(statement: str) -> bool:
     ``CREATE TEMP ...`` outlive the transaction on that one connection; every other DDL
     is counted too (it is rare in tests, and a ``CREATE TABLE temp.x`` is DDL as well).
     """
-    words = statement.lstrip(" \t\r\n(;").split(None, 1)
+    rest = statement
+    while True:  # skip leading whitespace, parentheses and comments
+        rest = rest.lstrip(" \t\r\n(;")
+        if rest.startswith("--"):
+            rest = rest.partition("\n")[2]
+        elif rest.startswith("/*"):
+            rest = rest.partition("*/")[2]
+        else:
+            break
+    words = rest.split(None, 1)
     return bool(words) and words[0].upper() in _STATEFUL_VERBS
 
 

@@ -338,6 +338,31 @@ def test_leaked_connections_never_hang_or_leak_into_the_next_test(
 # --- the database primitives the fast paths rest on --------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("statement", "stateful"),
+    [
+        ("PRAGMA foreign_keys = ON", True),
+        ("  pragma journal_mode", True),
+        ("-- set up\n/* twice */ PRAGMA foreign_keys = 1", True),
+        ("ATTACH DATABASE ':memory:' AS aux", True),
+        ("detach aux", True),
+        ("CREATE TEMP TABLE t (id INTEGER)", True),
+        ("create temporary view v as select 1", True),
+        ("DROP TABLE user", True),
+        ("SELECT * FROM user", False),
+        ("INSERT INTO user (name) VALUES ('x')", False),
+        ("-- PRAGMA in a comment only\nSELECT 1", False),
+        ("", False),
+    ],
+)
+def test_statements_that_leave_connection_state_are_recognised(
+    statement: str, stateful: bool
+) -> None:
+    from pytest_memdb.engines import leaves_connection_state
+
+    assert leaves_connection_state(statement) is stateful
+
+
 def _template(tmp_path_factory: pytest.TempPathFactory) -> MemoryDatabase:
     from pytest_memdb.memory import load_file
 
