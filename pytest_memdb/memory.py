@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -48,6 +49,13 @@ def file_uri(path: Path, *, read_only: bool) -> str:
     """
     mode = "?mode=ro" if read_only else ""
     return f"file:{quote(str(path.resolve()))}{mode}"
+
+
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+class _GaveUp(Exception):
+    """A restore waited too long for a lock another connection took."""
 
 
 class DatabaseInUse(Exception):
@@ -122,20 +130,42 @@ class MemoryDatabase:
         except sqlite3.OperationalError:
             return None
 
-    def restore_from(self, source: MemoryDatabase) -> bool:
+    def restore_from(self, source: MemoryDatabase, *, give_up_after: float = 5.0) -> bool:
         """Overwrite this database in place with ``source``'s content (page-level backup).
 
         Connections open on this database stay open and see the restored content (SQLite
         invalidates their page and schema caches). Returns False, changing nothing, when
-        another connection holds a lock on it (an open read or write): a backup would
-        wait for that lock forever. Needs :meth:`prepare_for_restores` first.
+        another connection holds a lock on it (an open read or write). Needs
+        :meth:`prepare_for_restores` first.
         """
         try:
             self.anchor.execute("BEGIN EXCLUSIVE")
         except sqlite3.OperationalError:
             return False
         self.anchor.execute("COMMIT")
-        source.anchor.backup(self.anchor)
+        return self._backup_over(source, give_up_after)
+
+    def _backup_over(self, source: MemoryDatabase, give_up_after: float) -> bool:
+        """The backup itself; False if a lock taken since the check outlasts ``give_up_after``.
+
+        ``sqlite3``'s ``backup()`` retries a busy step forever, so a progress callback gives
+        up instead. Nothing reaches the database before the backup holds its exclusive
+        lock (page writes need it), so giving up before that leaves it as it was.
+        """
+        deadline: list[float] = []
+
+        def progress(status: int, remaining: int, total: int) -> None:
+            if status not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                return
+            if not deadline:
+                deadline.append(time.monotonic() + give_up_after)
+            elif time.monotonic() > deadline[0]:
+                raise _GaveUp
+
+        try:
+            source.anchor.backup(self.anchor, progress=progress)
+        except _GaveUp:
+            return False
         return True
 
     def close(self) -> None:

@@ -441,3 +441,26 @@ def test_restore_in_place_is_seen_by_open_connections_and_refuses_a_held_lock(
         other.close()
         copy.close()
         template.close()
+
+
+def test_a_lock_taken_after_the_check_makes_the_restore_give_up_not_hang(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    template = _template(tmp_path_factory)
+    copy = template.copy(unique_name("test", "fast", "copy"))
+    copy.prepare_for_restores()
+    other = sqlite3.connect(copy.sqlite_uri, uri=True, isolation_level=None)
+    try:
+        other.execute("DELETE FROM user WHERE id = 1")
+        other.execute("BEGIN")
+        other.execute("SELECT count(*) FROM user").fetchone()  # a read lock, held
+        # The step after the lock check: without giving up, sqlite3 would retry forever.
+        assert not copy._backup_over(template, give_up_after=0.05)
+        assert other.execute("SELECT count(*) FROM user").fetchone() == (2,)
+        other.execute("COMMIT")
+        assert copy.restore_from(template)
+        assert other.execute("SELECT count(*) FROM user").fetchone() == (3,)
+    finally:
+        other.close()
+        copy.close()
+        template.close()
