@@ -11,13 +11,29 @@ from typing import TYPE_CHECKING, Any
 from pytest_memdb.errors import FixtureFileError, MemdbError
 
 if TYPE_CHECKING:
+    from pytest_memdb.factories import memdb_factory
     from pytest_memdb.janitor import MemdbHandle
+    from pytest_memdb.queries import CapturedQueries, QueryCounter
     from pytest_memdb.runtime import InMemoryDatabase
 
-__all__ = ["FixtureFileError", "InMemoryDatabase", "MemdbError", "MemdbHandle"]
-__version__ = "0.1.0"
+__all__ = [
+    "CapturedQueries",
+    "FixtureFileError",
+    "InMemoryDatabase",
+    "MemdbError",
+    "MemdbHandle",
+    "QueryCounter",
+    "memdb_factory",
+]
+__version__ = "0.2.0"
 
-_LAZY = {"InMemoryDatabase": "pytest_memdb.runtime", "MemdbHandle": "pytest_memdb.janitor"}
+_LAZY = {
+    "InMemoryDatabase": "pytest_memdb.runtime",
+    "MemdbHandle": "pytest_memdb.janitor",
+    "memdb_factory": "pytest_memdb.factories",
+    "QueryCounter": "pytest_memdb.queries",
+    "CapturedQueries": "pytest_memdb.queries",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,8 @@ environment where the plugin is installed.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -13,28 +15,74 @@ from typing import Any, Literal, cast
 import pytest
 
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.pragmas import Pragmas, parse_pragmas
 
 Isolation = Literal["copy", "rollback", "session"]
 ISOLATION_MODES: tuple[Isolation, ...] = ("copy", "rollback", "session")
 DEFAULT_ISOLATION: Isolation = "copy"
-MARKER_ARGS = ("file", "isolation")
+MARKER_ARGS = ("file", "metadata", "load", "isolation")
+DEFAULT_FIXTURE = "memdb"
 
-HOW_TO_SET_FILE = (
-    "Set it in your ini file:\n"
+HOW_TO_SET_SOURCE = (
+    "Set one in your ini file:\n"
     "    [pytest]\n"
     "    memdb_file = tests/data/app.sqlite\n"
-    "or on the command line: pytest --memdb-file tests/data/app.sqlite\n"
+    "    memdb_metadata = myapp.models:Base\n"
+    "or on the command line: pytest --memdb-file tests/data/app.sqlite "
+    "(or --memdb-metadata myapp.models:Base)\n"
     "or for one test: @pytest.mark.memdb(file='tests/data/app.sqlite')"
 )
+_DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """One seeding step: a ``.sql`` script or a ``package.module:callable``."""
+
+    entry: str
+    """As the user wrote it, for error messages."""
+    origin: str
+    script: Path | None = None
+    callable: str | None = None
+
+    def describe(self) -> str:
+        if self.script is not None:
+            return f"SQL script {str(self.script)!r} (entry {self.entry!r} in {self.origin})"
+        return f"callable {self.callable!r} (from {self.origin})"
 
 
 @dataclass(frozen=True)
 class Target:
-    """Which file a test's database comes from and how it is isolated, and why."""
+    """What one database fixture of one test is built from and how it is isolated, and why."""
 
-    file: Path
+    file: Path | None
     file_origin: str
     isolation: Isolation
+    metadata: str | None = None
+    metadata_origin: str = ""
+    load: tuple[LoadStep, ...] = ()
+    fixture: str = DEFAULT_FIXTURE
+    """The fixture that asked (``memdb`` or a ``memdb_factory`` name): each has its own
+    templates, so two factory fixtures in one test are two databases."""
+
+    def template_key(self) -> tuple[object, ...]:
+        """Tests whose targets share this key share one template."""
+        return (
+            self.fixture,
+            _identity(self.file) if self.file is not None else None,
+            self.metadata,
+            tuple((step.script, step.callable) for step in self.load),
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.file is not None:
+            parts.append(f"file {str(self.file)!r}")
+        if self.metadata is not None:
+            parts.append(f"metadata {self.metadata!r}")
+        if self.load:
+            parts.append(f"{len(self.load)} load step(s)")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -47,34 +95,69 @@ class MemdbConfig:
     echo: bool
     base_dir: Path
     """Where relative paths from the ini file and markers start: the ini file's folder."""
+    metadata: str | None = None
+    metadata_origin: str = ""
+    load: tuple[LoadStep, ...] = ()
+    pragmas: Pragmas = ()
+    keep_failed: Path | None = None
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> MemdbConfig:
-        """Read and check every option; a bad isolation name stops the run at start-up."""
+        """Read and check every option; a bad value stops the run at start-up."""
+        try:
+            return cls._read(config)
+        except MemdbError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    @classmethod
+    def _read(cls, config: pytest.Config) -> MemdbConfig:
         base_dir = config.inipath.parent if config.inipath else config.rootpath
+        ini_name = config.inipath.name if config.inipath else "the ini file"
+        cwd = config.invocation_params.dir
         cli_file = config.getoption("memdb_file")
         ini_file = str(config.getini("memdb_file") or "").strip()
         file: Path | None
         if cli_file:
-            file = _resolve(cli_file, config.invocation_params.dir)
-            origin = "--memdb-file"
+            file, origin = _resolve(cli_file, cwd), "--memdb-file"
         elif ini_file:
-            file = _resolve(ini_file, base_dir)
-            origin = f"memdb_file in {config.inipath.name if config.inipath else 'the ini file'}"
+            file, origin = _resolve(ini_file, base_dir), f"memdb_file in {ini_name}"
         else:
             file, origin = None, ""
+        cli_metadata = config.getoption("memdb_metadata")
+        ini_metadata = str(config.getini("memdb_metadata") or "").strip()
+        metadata: str | None
+        if cli_metadata:
+            metadata = check_dotted(cli_metadata, "--memdb-metadata")
+            metadata_origin = "--memdb-metadata"
+        elif ini_metadata:
+            metadata_origin = f"memdb_metadata in {ini_name}"
+            metadata = check_dotted(ini_metadata, metadata_origin)
+        else:
+            metadata, metadata_origin = None, ""
+        load = parse_load(config.getini("memdb_load"), f"memdb_load in {ini_name}", base_dir)
         cli_isolation = config.getoption("memdb_isolation")
         isolation_origin = "--memdb-isolation" if cli_isolation else "memdb_isolation"
         raw_isolation = cli_isolation or str(config.getini("memdb_isolation") or "").strip()
-        try:
-            isolation = parse_isolation(raw_isolation or DEFAULT_ISOLATION, isolation_origin)
-        except MemdbError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        isolation = parse_isolation(raw_isolation or DEFAULT_ISOLATION, isolation_origin)
         echo = bool(config.getoption("memdb_echo")) or bool(config.getini("memdb_echo"))
-        return cls(file, origin, isolation, echo, base_dir)
+        pragmas = parse_pragmas(config.getini("memdb_pragmas"), f"memdb_pragmas in {ini_name}")
+        keep = config.getoption("memdb_keep_failed")
+        keep_failed = _resolve(keep, cwd) if keep else None
+        return cls(
+            file,
+            origin,
+            isolation,
+            echo,
+            base_dir,
+            metadata,
+            metadata_origin,
+            load,
+            pragmas,
+            keep_failed,
+        )
 
     def target_for(self, node: pytest.Item) -> Target:
-        """The file and isolation for one test: its ``memdb`` marker over the options."""
+        """What ``memdb`` is built from for one test: its ``memdb`` marker over the options."""
         marker = node.get_closest_marker("memdb")
         kwargs: dict[str, Any] = dict(marker.kwargs) if marker else {}
         unknown = sorted(set(kwargs) - set(MARKER_ARGS))
@@ -84,19 +167,51 @@ class MemdbConfig:
                 f"{', '.join(MARKER_ARGS)}; got "
                 f"{', '.join([repr(a) for a in marker.args] + unknown)}."
             )
-        file, origin = self.file, self.file_origin
+        file, file_origin = self.file, self.file_origin
         if kwargs.get("file") is not None:
             file = _resolve(str(kwargs["file"]), self.base_dir)
-            origin = "@pytest.mark.memdb(file=...)"
-        if file is None:
-            raise MemdbError(
-                "pytest-memdb: no SQLite fixture file is configured (ini option memdb_file, "
-                "command line --memdb-file).\n" + HOW_TO_SET_FILE
-            )
+            file_origin = "@pytest.mark.memdb(file=...)"
+        metadata, metadata_origin = self.metadata, self.metadata_origin
+        if kwargs.get("metadata") is not None:
+            metadata_origin = "@pytest.mark.memdb(metadata=...)"
+            metadata = check_dotted(kwargs["metadata"], metadata_origin)
+        load = self.load
+        if kwargs.get("load") is not None:
+            load = parse_load(kwargs["load"], "@pytest.mark.memdb(load=...)", self.base_dir)
         isolation = self.isolation
         if kwargs.get("isolation") is not None:
             isolation = parse_isolation(kwargs["isolation"], "@pytest.mark.memdb(isolation=...)")
-        return Target(file, origin, isolation)
+        if file is None and metadata is None:
+            raise MemdbError(
+                "pytest-memdb: no SQLite fixture file and no metadata is configured (ini "
+                "options memdb_file, memdb_metadata; command line --memdb-file, "
+                "--memdb-metadata).\n" + HOW_TO_SET_SOURCE
+            )
+        return Target(file, file_origin, isolation, metadata, metadata_origin, load)
+
+    def factory_target(self, name: str, options: Mapping[str, Any]) -> Target:
+        """What a ``memdb_factory(name, ...)`` fixture is built from: its own arguments only.
+
+        The ini's file, metadata and load describe the ``memdb`` database, so they do not
+        leak into a factory's; its isolation defaults to the run's.
+        """
+        origin = f"memdb_factory({name!r})"
+        file = options.get("file")
+        metadata = options.get("metadata")
+        isolation = options.get("isolation")
+        if file is None and metadata is None:
+            raise MemdbError(f"pytest-memdb: {origin} needs file=... or metadata=... (or both).")
+        return Target(
+            file=_resolve(str(file), self.base_dir) if file is not None else None,
+            file_origin=f"{origin}, file=",
+            isolation=self.isolation
+            if isolation is None
+            else parse_isolation(isolation, f"{origin}, isolation="),
+            metadata=check_dotted(metadata, f"{origin}, metadata=") if metadata else None,
+            metadata_origin=f"{origin}, metadata=",
+            load=parse_load(options.get("load") or (), f"{origin}, load=", self.base_dir),
+            fixture=name,
+        )
 
 
 def parse_isolation(value: object, origin: str) -> Isolation:
@@ -108,6 +223,54 @@ def parse_isolation(value: object, origin: str) -> Isolation:
     )
 
 
+def check_dotted(value: object, origin: str) -> str:
+    """A ``package.module:Name`` path, checked for shape only (importing waits for first use)."""
+    if isinstance(value, str) and _DOTTED.match(value.strip()):
+        return value.strip()
+    raise MemdbError(
+        f"pytest-memdb: {origin} got {value!r}; expected a dotted path such as "
+        "'myapp.models:Base' (a module importable from the ini file's folder, a colon, and "
+        "a DeclarativeBase subclass or a MetaData in it)."
+    )
+
+
+def parse_load(entries: object, origin: str, base_dir: Path) -> tuple[LoadStep, ...]:
+    """Seeding steps, in order: ``*.sql`` scripts (relative to ``base_dir``) or callables."""
+    if isinstance(entries, str):
+        entries = [entries]
+    if not isinstance(entries, Iterable):
+        raise MemdbError(f"pytest-memdb: {origin} got {entries!r}; expected a list of entries.")
+    steps = []
+    for raw in entries:
+        entry = str(raw).strip() if isinstance(raw, (str, Path)) else raw
+        if not isinstance(entry, str):
+            raise MemdbError(
+                f"pytest-memdb: {origin} got {raw!r}; each entry is a path to a .sql file or "
+                "a 'package.module:callable'."
+            )
+        if not entry:
+            continue
+        if entry.lower().endswith(".sql"):
+            steps.append(LoadStep(entry, origin, script=_resolve(entry, base_dir)))
+        elif _DOTTED.match(entry):
+            steps.append(LoadStep(entry, origin, callable=entry))
+        else:
+            raise MemdbError(
+                f"pytest-memdb: {origin} got {entry!r}; each entry is a path to a .sql file "
+                "(ending in .sql) or a 'package.module:callable' taking a sync SQLAlchemy "
+                "Connection."
+            )
+    return tuple(steps)
+
+
 def _resolve(raw: str, base: Path) -> Path:
     path = Path(raw).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def _identity(path: Path) -> Path:
+    """The path two spellings of one file share (a symlink loop keeps its own spelling)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return Path(str(path)).absolute()

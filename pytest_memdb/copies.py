@@ -20,7 +20,7 @@ it is brought back to the template's content:
 
 A connection an earlier test leaked that still holds a read or write open would make
 the backup wait forever: then that test's slot is left alone and the test gets a
-fresh copy under a new name (:func:`detached_copy`), freed at its teardown.
+fresh copy under a new name, freed at its teardown.
 """
 
 from __future__ import annotations
@@ -28,16 +28,19 @@ from __future__ import annotations
 from pytest_memdb._loop import run_sync
 from pytest_memdb.engines import EnginePair
 from pytest_memdb.memory import MemoryDatabase
+from pytest_memdb.pragmas import Pragmas
 
 
 class CopySlot:
     """One reusable copy of a template, restored in place between tests."""
 
-    def __init__(self, template: MemoryDatabase, name: str, *, echo: bool) -> None:
+    def __init__(
+        self, template: MemoryDatabase, name: str, *, echo: bool, pragmas: Pragmas = ()
+    ) -> None:
         self.template = template
         self.database = template.copy(name)
         self.database.prepare_for_restores()
-        self.engines = EnginePair(self.database, echo=echo, watch_state=True)
+        self.engines = EnginePair(self.database, echo=echo, pragmas=pragmas, watch_state=True)
         self.in_use = False
         self.restores = 0
         """How many times the copy was restored (the first copy not counted)."""
@@ -74,11 +77,3 @@ class CopySlot:
             await self.engines.aclose()
         finally:
             self.database.close()
-
-
-def detached_copy(
-    template: MemoryDatabase, name: str, *, echo: bool
-) -> tuple[MemoryDatabase, EnginePair]:
-    """A one-test copy under its own name, for when the slot is held by a leaked connection."""
-    database = template.copy(name)
-    return database, EnginePair(database, echo=echo)

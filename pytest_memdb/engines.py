@@ -16,31 +16,47 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from pytest_memdb.memory import MemoryDatabase
+from pytest_memdb.pragmas import Pragmas, apply_pragmas
 
 BUSY_TIMEOUT_S = 5.0
 """How long a connection waits for another one's write lock, as ``sqlite3``'s default."""
 
 
-def async_engine(database: MemoryDatabase, *, echo: bool) -> AsyncEngine:
+def async_engine(database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> AsyncEngine:
     """An aiosqlite engine whose every connection opens ``database`` by name."""
-    return create_async_engine(
+    engine = create_async_engine(
         database.async_url,
         echo=echo,
         poolclass=AsyncAdaptedQueuePool,
         pool_size=0,
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
     )
+    set_pragmas_on_connect(engine.sync_engine, pragmas)
+    return engine
 
 
-def sync_engine(database: MemoryDatabase, *, echo: bool) -> Engine:
+def sync_engine(database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> Engine:
     """A stdlib-``sqlite3`` engine on ``database``, for sync tests and set-up code."""
-    return create_engine(
+    engine = create_engine(
         database.sync_url,
         echo=echo,
         poolclass=QueuePool,
         pool_size=0,
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
     )
+    set_pragmas_on_connect(engine, pragmas)
+    return engine
+
+
+def set_pragmas_on_connect(engine: Engine, pragmas: Pragmas) -> None:
+    """Apply ``memdb_pragmas`` to each new DBAPI connection, before any transaction."""
+    if not pragmas:
+        return
+
+    def connect(dbapi_connection: Any, record: Any) -> None:
+        apply_pragmas(dbapi_connection, pragmas)
+
+    event.listen(engine, "connect", connect)
 
 
 _STATEFUL_VERBS = frozenset(
@@ -76,9 +92,17 @@ class EnginePair:
     (see :func:`leaves_connection_state`): pooled connections must then not be reused.
     """
 
-    def __init__(self, database: MemoryDatabase, *, echo: bool, watch_state: bool = False) -> None:
+    def __init__(
+        self,
+        database: MemoryDatabase,
+        *,
+        echo: bool,
+        pragmas: Pragmas = (),
+        watch_state: bool = False,
+    ) -> None:
         self._database = database
         self._echo = echo
+        self._pragmas = pragmas
         self._watch = watch_state
         self._async: AsyncEngine | None = None
         self._sync: Engine | None = None
@@ -87,14 +111,14 @@ class EnginePair:
     @property
     def async_engine(self) -> AsyncEngine:
         if self._async is None:
-            self._async = async_engine(self._database, echo=self._echo)
+            self._async = async_engine(self._database, echo=self._echo, pragmas=self._pragmas)
             self._watch_engine(self._async.sync_engine)
         return self._async
 
     @property
     def sync_engine(self) -> Engine:
         if self._sync is None:
-            self._sync = sync_engine(self._database, echo=self._echo)
+            self._sync = sync_engine(self._database, echo=self._echo, pragmas=self._pragmas)
             self._watch_engine(self._sync)
         return self._sync
 

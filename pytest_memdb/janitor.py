@@ -13,7 +13,9 @@ from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pytest_memdb.config import Isolation
+from pytest_memdb.dumps import save_committed
 from pytest_memdb.memory import MemoryDatabase
+from pytest_memdb.queries import QueryCounter
 
 
 class EngineSource(Protocol):
@@ -38,16 +40,19 @@ class MemdbHandle:
         self,
         *,
         database: MemoryDatabase,
-        source: Path,
+        source: Path | None,
         isolation: Isolation,
         engines: EngineSource,
         release: Callable[[], None],
+        save: Callable[[Path], Path] | None = None,
     ) -> None:
         self.database = database
         self.source = source
+        """The fixture file the database was copied from (None for a metadata-only one)."""
         self.isolation: Isolation = isolation
         self._engines = engines
         self._release = release
+        self._save = save
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._sync_sessionmaker: orm.sessionmaker[orm.Session] | None = None
         self._closed = False
@@ -91,6 +96,22 @@ class MemdbHandle:
     def session(self) -> AsyncSession:
         """A new ``AsyncSession``; use it as ``async with memdb.session() as session:``."""
         return self.sessionmaker()
+
+    @property
+    def queries(self) -> QueryCounter:
+        """Count or cap the statements run on this database (the ``memdb_queries`` fixture)."""
+        return QueryCounter(self.name)
+
+    def save(self, path: Path) -> Path:
+        """Write this database, as the test sees it now, to ``path`` as a SQLite file.
+
+        In ``rollback`` mode that includes what the test committed (which lives only
+        inside the outer transaction) and its sessions' uncommitted writes; in the
+        other modes, what was committed.
+        """
+        if self._save is not None:
+            return self._save(path)
+        return save_committed(self.database, path)
 
     def close(self) -> None:
         """Undo or free this test's database; safe to call twice."""

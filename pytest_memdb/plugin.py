@@ -1,4 +1,4 @@
-"""The pytest plugin: options, marker, report header and fixtures.
+"""The pytest plugin: options, marker, hooks, report header and fixtures.
 
 Loaded by every pytest run where pytest-memdb is installed (entry point
 ``pytest11: memdb``), so it imports nothing heavy: SQLAlchemy and aiosqlite are
@@ -9,12 +9,13 @@ work under pytest-asyncio (any mode, any loop scope) and anyio alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_memdb.config import ISOLATION_MODES, MARKER_ARGS, MemdbConfig
+from pytest_memdb import hooks
+from pytest_memdb.config import ISOLATION_MODES, MARKER_ARGS, MemdbConfig, Target
 from pytest_memdb.errors import MemdbError
 
 if TYPE_CHECKING:
@@ -22,20 +23,30 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from pytest_memdb.janitor import MemdbHandle
+    from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
 
 settings_key = pytest.StashKey[MemdbConfig]()
 registry_key = pytest.StashKey["MemdbRegistry"]()
+open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
+"""The databases a test holds, by fixture name, for ``--memdb-keep-failed``."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("memdb", "in-memory copies of a SQLite fixture file (pytest-memdb)")
+    group = parser.getgroup("memdb", "in-memory SQLite databases for tests (pytest-memdb)")
     group.addoption(
         "--memdb-file",
         dest="memdb_file",
         metavar="PATH",
         help="SQLite fixture file to copy into memory (overrides the memdb_file ini option; "
         "a relative path is relative to the current directory).",
+    )
+    group.addoption(
+        "--memdb-metadata",
+        dest="memdb_metadata",
+        metavar="MODULE:NAME",
+        help="DeclarativeBase subclass or MetaData whose tables the template gets "
+        "(overrides memdb_metadata), e.g. myapp.models:Base.",
     )
     group.addoption(
         "--memdb-isolation",
@@ -51,11 +62,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="Log every SQL statement of memdb engines (SQLAlchemy echo=True).",
     )
+    group.addoption(
+        "--memdb-keep-failed",
+        dest="memdb_keep_failed",
+        metavar="DIR",
+        help="Write the database of each failing test to DIR/<test id>.sqlite, as it was "
+        "at the failure.",
+    )
     parser.addini(
         "memdb_file",
         "SQLite fixture file copied into memory once per session; relative to the ini "
         "file's folder.",
         default="",
+    )
+    parser.addini(
+        "memdb_metadata",
+        "package.module:Name of a DeclarativeBase subclass or MetaData, importable from the "
+        "ini file's folder: its tables are created in the template (after memdb_file).",
+        default="",
+    )
+    parser.addini(
+        "memdb_load",
+        "Seed steps run once on the template, in one transaction: .sql files (relative to "
+        "the ini file's folder) or package.module:callable taking a sync Connection.",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "memdb_pragmas",
+        "name=value SQLite pragmas set on every connection, one per line (e.g. foreign_keys=ON).",
+        type="linelist",
+        default=[],
     )
     parser.addini(
         "memdb_isolation",
@@ -66,11 +103,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("memdb_echo", "Log the SQL of memdb engines.", type="bool", default=False)
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"memdb({', '.join(f'{a}=...' for a in MARKER_ARGS)}): use another SQLite fixture "
-        "file or isolation mode (copy, rollback, session) for this test.",
+        f"memdb({', '.join(f'{a}=...' for a in MARKER_ARGS)}): build this test's memdb "
+        "database from another fixture file, metadata or seed steps, or isolate it "
+        "differently (copy, rollback, session).",
     )
     if config.option.help:  # --help must work even with a bad option value in the ini file
         return
@@ -79,9 +121,30 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str | None:
     settings = config.stash.get(settings_key, None)
-    if settings is None or settings.file is None:
+    if settings is None or (settings.file is None and settings.metadata is None):
         return None
-    return f"memdb: file={settings.file} ({settings.file_origin}), isolation={settings.isolation}"
+    sources = []
+    if settings.file is not None:
+        sources.append(f"file={settings.file} ({settings.file_origin})")
+    if settings.metadata is not None:
+        sources.append(f"metadata={settings.metadata} ({settings.metadata_origin})")
+    return f"memdb: {', '.join(sources)}, isolation={settings.isolation}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    settings = item.config.stash.get(settings_key, None)
+    if settings is not None and settings.keep_failed is not None and report.failed:
+        from pytest_memdb.dumps import keep_databases
+
+        held = item.stash.get(open_handles_key, [])
+        lines = keep_databases(held, settings.keep_failed, item)
+        if lines:
+            report.sections.append(("pytest-memdb: database kept", "\n".join(lines)))
+    return report
 
 
 def _registry(config: pytest.Config) -> MemdbRegistry:
@@ -89,26 +152,41 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
     registry = config.stash.get(registry_key, None)
     if registry is None:
         from pytest_memdb.registry import MemdbRegistry
+        from pytest_memdb.templates import hook_runner
 
         workerinput = getattr(config, "workerinput", {})
-        registry = MemdbRegistry(config.stash[settings_key], workerinput.get("workerid", "main"))
+        registry = MemdbRegistry(
+            config.stash[settings_key],
+            workerinput.get("workerid", "main"),
+            hook_runner(config.hook.pytest_memdb_template, config),
+        )
         config.stash[registry_key] = registry
         config.add_cleanup(registry.close)
     return registry
 
 
-@pytest.fixture
-def memdb(request: pytest.FixtureRequest) -> Iterator[MemdbHandle]:
-    """This test's in-memory copy of the fixture file: name, URLs, engines, sessions."""
-    settings = request.config.stash[settings_key]
+def open_database(
+    request: pytest.FixtureRequest, fixture: str, target: Callable[[], Target]
+) -> Iterator[MemdbHandle]:
+    """Set up one database fixture: configuration errors become a clean test error."""
     try:
-        handle = _registry(request.config).open(settings.target_for(request.node))
+        handle = _registry(request.config).open(target())
     except MemdbError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    held = request.node.stash.setdefault(open_handles_key, [])
+    held.append((fixture, handle))
     try:
         yield handle
     finally:
+        held.remove((fixture, handle))
         handle.close()
+
+
+@pytest.fixture
+def memdb(request: pytest.FixtureRequest) -> Iterator[MemdbHandle]:
+    """This test's in-memory database: name, URLs, engines, sessions."""
+    settings = request.config.stash[settings_key]
+    yield from open_database(request, "memdb", lambda: settings.target_for(request.node))
 
 
 @pytest.fixture
@@ -146,3 +224,9 @@ def memdb_sync_session(memdb: MemdbHandle) -> Iterator[Session]:
     """A synchronous ``Session`` on the same database, for sync tests and set-up code."""
     with memdb.sync_sessionmaker() as session:
         yield session
+
+
+@pytest.fixture
+def memdb_queries(memdb: MemdbHandle) -> QueryCounter:
+    """Count (``.count()``) or cap (``.assert_max(n)``) the statements run on ``memdb``."""
+    return memdb.queries

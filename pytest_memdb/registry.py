@@ -6,34 +6,38 @@ Imports SQLAlchemy: load it lazily.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_memdb._loop import run_sync
 from pytest_memdb.config import MemdbConfig, Target
-from pytest_memdb.copies import CopySlot, detached_copy
+from pytest_memdb.copies import CopySlot
 from pytest_memdb.engines import EnginePair
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.memory import MemoryDatabase, load_file, unique_name
+from pytest_memdb.memory import MemoryDatabase, unique_name
+from pytest_memdb.pragmas import Pragmas
 from pytest_memdb.savepoints import SharedConnection
+from pytest_memdb.templates import TemplateHook, build_template
 
 
 @dataclass
 class Template:
-    """A fixture file copied into memory once, and what rollback and session modes keep of it.
+    """A template built once, and what rollback and session modes keep of it.
 
     The template itself stays as the file was: ``copy`` tests copy it, ``rollback``
     tests work on it inside a transaction that is always rolled back, and
     ``session`` tests share a separate copy whose writes persist.
     """
 
-    source: Path
+    source: Path | None
     database: MemoryDatabase
     echo: bool
     worker: str
+    label: str
+    """Readable part of the names of this template's databases (file stem or fixture)."""
+    pragmas: Pragmas = ()
     _shared: SharedConnection | None = field(default=None, init=False)
     _session_db: MemoryDatabase | None = field(default=None, init=False)
     _session_engines: EnginePair | None = field(default=None, init=False)
@@ -48,7 +52,9 @@ class Template:
         every test instead of starting over (see :mod:`pytest_memdb.copies`).
         """
         if self._copy_slot is None:
-            self._copy_slot = CopySlot(self.database, self._new_copy_name(), echo=self.echo)
+            self._copy_slot = CopySlot(
+                self.database, self._new_copy_name(), echo=self.echo, pragmas=self.pragmas
+            )
             self._copy_slot.in_use = True
             slot: CopySlot | None = self._copy_slot
         else:
@@ -56,7 +62,8 @@ class Template:
         if slot is not None:
             return self._copy_handle(slot.database, slot.engines, slot.release)
         # A connection an earlier test leaked still holds the slot's copy: go around it.
-        database, engines = detached_copy(self.database, self._new_copy_name(), echo=self.echo)
+        database = self.database.copy(self._new_copy_name())
+        engines = self._engines(database)
 
         def release() -> None:
             try:
@@ -67,7 +74,10 @@ class Template:
         return self._copy_handle(database, engines, release)
 
     def _new_copy_name(self) -> str:
-        return unique_name(self.worker, self.source.stem, "copy")
+        return unique_name(self.worker, self.label, "copy")
+
+    def _engines(self, database: MemoryDatabase) -> EnginePair:
+        return EnginePair(database, echo=self.echo, pragmas=self.pragmas)
 
     def _copy_handle(
         self, database: MemoryDatabase, engines: EnginePair, release: Callable[[], None]
@@ -82,7 +92,7 @@ class Template:
 
     def open_rollback(self) -> MemdbHandle:
         if self._shared is None:
-            self._shared = SharedConnection(self.database, echo=self.echo)
+            self._shared = SharedConnection(self.database, echo=self.echo, pragmas=self.pragmas)
         self._shared.begin_test()
         return MemdbHandle(
             database=self.database,
@@ -90,12 +100,13 @@ class Template:
             isolation="rollback",
             engines=self._shared,
             release=self._shared.end_test,
+            save=self._shared.save,
         )
 
     def open_session(self) -> MemdbHandle:
         if self._session_db is None or self._session_engines is None:
-            self._session_db = self.database.copy(unique_name(self.worker, "session"))
-            self._session_engines = EnginePair(self._session_db, echo=self.echo)
+            self._session_db = self.database.copy(unique_name(self.worker, self.label, "session"))
+            self._session_engines = self._engines(self._session_db)
         return MemdbHandle(
             database=self._session_db,
             source=self.source,
@@ -119,13 +130,16 @@ class Template:
 
 
 class MemdbRegistry:
-    """Builds each fixture file's template once and hands out per-test handles."""
+    """Builds each template once and hands out per-test handles."""
 
-    def __init__(self, settings: MemdbConfig, worker: str) -> None:
+    def __init__(
+        self, settings: MemdbConfig, worker: str, hook: TemplateHook | None = None
+    ) -> None:
         self.settings = settings
         self.worker = worker
-        self._templates: dict[Path, Template] = {}
-        self._failures: dict[tuple[Path, str], MemdbError] = {}
+        self._hook = hook
+        self._templates: dict[tuple[object, ...], Template] = {}
+        self._failures: dict[tuple[tuple[object, ...], str], MemdbError] = {}
 
     def open(self, target: Target) -> MemdbHandle:
         """This test's database, isolated as ``target.isolation`` says."""
@@ -137,25 +151,33 @@ class MemdbRegistry:
         return template.open_copy()
 
     def template(self, target: Target) -> Template:
-        """The template for ``target.file``; a file that failed once fails fast after."""
-        try:
-            key = target.file.resolve()
-        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
-            key = Path(os.path.abspath(target.file))
-        failure = self._failures.get((key, target.file_origin))
+        """The template ``target`` describes; one that failed to build fails fast after."""
+        key = target.template_key()
+        failure_key = (key, target.file_origin)
+        failure = self._failures.get(failure_key)
         if failure is not None:
             raise failure
         if key not in self._templates:
+            label = target.file.stem if target.file is not None else target.fixture
             try:
-                database = load_file(
-                    target.file,
-                    unique_name(self.worker, key.stem, "template"),
-                    origin=target.file_origin,
+                database = build_template(
+                    target,
+                    unique_name(self.worker, label, "template"),
+                    base_dir=self.settings.base_dir,
+                    pragmas=self.settings.pragmas,
+                    hook=self._hook,
                 )
             except MemdbError as exc:
-                self._failures[key, target.file_origin] = exc
+                self._failures[failure_key] = exc
                 raise
-            self._templates[key] = Template(key, database, self.settings.echo, self.worker)
+            self._templates[key] = Template(
+                target.file.resolve() if target.file is not None else None,
+                database,
+                self.settings.echo,
+                self.worker,
+                label,
+                self.settings.pragmas,
+            )
         return self._templates[key]
 
     def close(self) -> None:

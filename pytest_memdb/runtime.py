@@ -11,7 +11,7 @@ percent-encoded open of the file, and a way to free it all again.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pytest_memdb._loop import run_sync
 from pytest_memdb.engines import EnginePair
+from pytest_memdb.errors import MemdbError
 from pytest_memdb.memory import MemoryDatabase, load_file, unique_name
+from pytest_memdb.pragmas import Pragmas, parse_pragmas
 
 
 class InMemoryDatabase:
@@ -28,8 +30,21 @@ class InMemoryDatabase:
     Use it as a FastAPI dependency: ``session: AsyncSession = Depends(db)``.
     """
 
-    def __init__(self, sql_echo: bool = False) -> None:
+    def __init__(
+        self,
+        sql_echo: bool = False,
+        *,
+        pragmas: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        """``pragmas``: SQLite settings for every connection, as ``{"foreign_keys": "ON"}``
+        or ``[("foreign_keys", "ON")]`` (applied in that order), like the plugin's
+        ``memdb_pragmas``. They are checked here, before anything is set up: an unknown
+        pragma, a value SQLite does not take, or one that cannot be set per connection
+        (``journal_mode``, ``page_size``, ...) raises :class:`~pytest_memdb.MemdbError`
+        naming it.
+        """
         self.sql_echo = sql_echo
+        self.pragmas: Pragmas = _check_pragmas(pragmas)
         self._database: MemoryDatabase | None = None
         self._engines: EnginePair | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
@@ -44,7 +59,7 @@ class InMemoryDatabase:
         path = Path(filename).expanduser()
         database = load_file(path, unique_name("app", path.stem), origin="InMemoryDatabase.setup()")
         self._database = database
-        self._engines = EnginePair(database, echo=self.sql_echo)
+        self._engines = EnginePair(database, echo=self.sql_echo, pragmas=self.pragmas)
         self._sessionmaker = async_sessionmaker(self._engines.async_engine, expire_on_commit=False)
 
     @property
@@ -114,3 +129,24 @@ class InMemoryDatabase:
     def __repr__(self) -> str:
         state = self._database.name if self._database else "not set up"
         return f"<InMemoryDatabase {state}>"
+
+
+def _check_pragmas(pragmas: Mapping[str, str] | Sequence[tuple[str, str]] | None) -> Pragmas:
+    if pragmas is None:
+        return ()
+    if isinstance(pragmas, str):
+        raise MemdbError(
+            f"pytest-memdb: InMemoryDatabase(pragmas=...) got {pragmas!r}; expected a mapping "
+            "such as {'foreign_keys': 'ON'} or a sequence of (name, value) pairs."
+        )
+    pairs = pragmas.items() if isinstance(pragmas, Mapping) else pragmas
+    lines = []
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise MemdbError(
+                f"pytest-memdb: InMemoryDatabase(pragmas=...) got {pair!r}; expected "
+                "(name, value) pairs."
+            )
+        name, value = pair
+        lines.append(f"{name}={value}")
+    return parse_pragmas(lines, "InMemoryDatabase(pragmas=...)")

@@ -16,8 +16,10 @@ end up committed for real). We emit the SQL ourselves:
 
 The write lock keeps savepoints strictly nested when several sessions of one
 test run concurrently (SQLite's ``RELEASE`` of an outer name would otherwise
-swallow an inner one). It behaves like SQLite's own write lock in the other
-modes: reads never wait, a second writer waits up to the busy timeout.
+swallow an inner one). A second writer waits for it up to the busy timeout, as
+with SQLite's own write lock; reads never wait for it. (In the other modes reads
+do wait: SQLite's ``memdb`` VFS lets no new reader in while another connection
+holds an uncommitted write, unlike a file in rollback-journal mode.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -37,8 +40,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from pytest_memdb._loop import run_sync
+from pytest_memdb.dumps import save_connection_view
 from pytest_memdb.engines import BUSY_TIMEOUT_S
 from pytest_memdb.memory import MemoryDatabase
+from pytest_memdb.pragmas import Pragmas, apply_pragmas
 
 _await = getattr(util, "await_", None) or util.await_only
 _READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})
@@ -96,7 +101,7 @@ class _SharedSyncConnection:
 class SharedConnection:
     """Owns a rollback-mode template's connection, its engines and its write lock."""
 
-    def __init__(self, database: MemoryDatabase, *, echo: bool) -> None:
+    def __init__(self, database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> None:
         self.database = database
         self.raw = sqlite3.connect(
             database.sqlite_uri,
@@ -105,17 +110,20 @@ class SharedConnection:
             check_same_thread=False,
             timeout=BUSY_TIMEOUT_S,
         )
+        apply_pragmas(self.raw, pragmas)  # once, outside any transaction (foreign_keys needs it)
         self._write_lock = threading.Lock()
         self._savepoints: dict[int, str] = {}
         self._names = itertools.count(1)
+        # The URLs name the template (so query counting can tell whose statements these
+        # are); connections come from the creators, never from the URLs.
         self.async_engine: AsyncEngine = create_async_engine(
-            "sqlite+aiosqlite://",
+            database.async_url,
             async_creator=self._connect_async,
             poolclass=StaticPool,
             echo=echo,
         )
         self.sync_engine: Engine = create_engine(
-            "sqlite://",
+            database.sync_url,
             creator=lambda: _SharedSyncConnection(self.raw),
             poolclass=StaticPool,
             echo=echo,
@@ -148,6 +156,10 @@ class SharedConnection:
             self._write_lock.release()
         if self.raw.in_transaction:
             self.raw.execute("ROLLBACK")
+
+    def save(self, path: Path) -> Path:
+        """Write the test's view (its committed savepoints and open writes) to ``path``."""
+        return save_connection_view(self.raw, path)
 
     async def aclose(self) -> None:
         """Dispose of both engines and close the shared connection (end of session)."""

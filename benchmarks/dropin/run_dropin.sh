@@ -3,10 +3,11 @@
 #
 # For each project: download its sdist from PyPI into a scratch folder (never into this
 # repository), unpack it twice, run its suite as shipped ("original"), then in the second
-# copy build schema.sqlite ONCE from the project's own metadata (our *_build_schema.py),
-# append our override (*_conftest_memdb.py) to the project's tests/conftest.py so its
-# database fixture hands out pytest-memdb's, and run the same suite with
-# --memdb-file schema.sqlite in copy and in rollback isolation. Each suite runs RUNS times
+# copy append our override (*_conftest_memdb.py) to the project's tests/conftest.py so
+# its database fixture hands out pytest-memdb's, and run the same suite with
+# --memdb-metadata naming the project's own declarative base (the override's
+# pytest_memdb_template hook adds its other bases' tables; no schema file is built) in
+# copy and in rollback isolation. Each suite runs RUNS times
 # (default 3); the table shows the pass/fail counts and the median wall time (bash `time`).
 #
 # Exits non-zero when a swapped run passes fewer tests than the original, when the
@@ -99,14 +100,15 @@ run_suite() {
   table+=("$(printf '%-28s %-15s %6s %6s %6s %9s' "$project" "$mode" "$passed" "$failed" "$errors" "$median")")
 }
 
-# swap_and_compare PROJECT DIR PYTHON ORIGINAL_PASSES: copy + rollback runs on the swapped tree
+# swap_and_compare PROJECT DIR PYTHON ORIGINAL_PASSES METADATA: copy + rollback runs on the
+# swapped tree, the template built from METADATA (module:Base)
 swap_and_compare() {
-  local dir=$2 py=$3 orig_passed=$4 iso
+  local dir=$2 py=$3 orig_passed=$4 metadata=$5 iso
   for iso in copy rollback; do
     mode="memdb-$iso"
-    run_suite "$project $mode" "$dir" "$py" --memdb-file schema.sqlite --memdb-isolation "$iso"
-    if ! grep -q "^memdb: file=.*schema.sqlite" "$last_log"; then
-      log "$project $mode: pytest-memdb was not active (no 'memdb: file=' report header)"
+    run_suite "$project $mode" "$dir" "$py" --memdb-metadata "$metadata" --memdb-isolation "$iso"
+    if ! grep -q "^memdb: metadata=$metadata" "$last_log"; then
+      log "$project $mode: pytest-memdb was not active (no 'memdb: metadata=' report header)"
       status=1
     fi
     if [ "$last_passed" -lt "$orig_passed" ]; then
@@ -134,8 +136,7 @@ for project in "${projects[@]}"; do
       [ "$orig_passed" -gt 0 ] || { log "$project: the original suite passed nothing"; status=1; }
 
       { echo; cat "$here/fastapi_users_conftest_memdb.py"; } >>"$swap/tests/conftest.py"
-      (cd "$swap" && "$upy" "$here/fastapi_users_build_schema.py" schema.sqlite >&2)
-      swap_and_compare "$project" "$swap" "$upy" "$orig_passed"
+      swap_and_compare "$project" "$swap" "$upy" "$orig_passed" tests.test_users:Base
       # The original writes ./test-sqlalchemy-user.db; the swapped suite must not touch disk.
       if [ -e "$swap/test-sqlalchemy-user.db" ]; then
         log "$project: the swapped suite still created test-sqlalchemy-user.db"
@@ -157,8 +158,7 @@ for project in "${projects[@]}"; do
       [ "$orig_passed" -gt 0 ] || { log "$project: the original suite passed nothing"; status=1; }
 
       { echo; cat "$here/crud_plus_conftest_memdb.py"; } >>"$swap/tests/conftest.py"
-      (cd "$swap" && "$mpy" "$here/crud_plus_build_schema.py" schema.sqlite >&2)
-      swap_and_compare "$project" "$swap" "$mpy" "$orig_passed"
+      swap_and_compare "$project" "$swap" "$mpy" "$orig_passed" tests.models.basic:Base
       ;;
     *)
       echo "unknown project: $project" >&2

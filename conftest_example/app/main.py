@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
 
 from app.models import Author, Book
 from pytest_memdb import InMemoryDatabase
@@ -54,6 +55,22 @@ async def list_books(session: SessionDep, author: str | None = None) -> list[Boo
         query = query.where(Author.name == author)
     rows = await session.execute(query)
     return [BookOut(id=b.id, title=b.title, year=b.year, author=name) for b, name in rows]
+
+
+class AuthorOut(BaseModel):
+    name: str
+    books: list[str]
+
+
+@app.get("/authors")
+async def list_authors(session: SessionDep) -> list[AuthorOut]:
+    # selectinload: one query for the authors, one for all their books. Without it, each
+    # author.books would be one more query (an N+1), which async code cannot even do
+    # implicitly; tests/test_books.py caps the count with memdb_queries.assert_max.
+    authors = await session.scalars(
+        select(Author).options(selectinload(Author.books)).order_by(Author.name)
+    )
+    return [AuthorOut(name=a.name, books=sorted(b.title for b in a.books)) for a in authors]
 
 
 @app.get("/stats")

@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from pytest_memdb import QueryCounter
+
 
 async def test_lists_the_shipped_books(client: httpx.AsyncClient) -> None:
     response = await client.get("/books", params={"author": "Octavia E. Butler"})
@@ -35,6 +37,18 @@ async def test_the_next_test_starts_from_the_shipped_file(client: httpx.AsyncCli
 async def test_unknown_author_is_rejected(client: httpx.AsyncClient) -> None:
     response = await client.post("/books", json={"title": "X", "year": 1, "author": "Nobody"})
     assert response.status_code == 422
+
+
+async def test_authors_page_is_two_queries_however_many_authors(
+    client: httpx.AsyncClient, memdb_queries: QueryCounter
+) -> None:
+    with memdb_queries.assert_max(2):  # fails listing the statements if an N+1 creeps in
+        response = await client.get("/authors")
+    assert [a["name"] for a in response.json()] == [
+        "Octavia E. Butler",
+        "Terry Pratchett",
+        "Ursula K. Le Guin",
+    ]
 
 
 @pytest.mark.memdb(isolation="rollback")

@@ -1,0 +1,131 @@
+"""``--memdb-keep-failed``: a failing test's database, written out as a SQLite file.
+
+Standard library only. The image is taken before the test's teardown, so it is
+the database as the test left it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_memdb.memory import MemoryDatabase
+
+if TYPE_CHECKING:
+    from pytest_memdb.janitor import MemdbHandle
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_PLAIN_NODEID = re.compile(r"[A-Za-z0-9_./-]+(?:::[A-Za-z0-9_.-]+)*")
+"""A test id whose sanitized form is readable and unlikely to meet another's as is."""
+MAX_STEM = 120
+
+
+def dump_path(directory: Path, nodeid: str, fixture: str) -> Path:
+    """``DIR/<sanitized test id>.sqlite`` (plus ``-<fixture>`` for a factory's database).
+
+    Sanitizing loses information (``test[a/b]``, ``test[a b]`` and ``test[a_b]`` all
+    read ``test_a_b``), so an id with anything but letters, digits, ``_.-``, ``/`` and
+    ``::`` in it, and one cut short to keep the name legal, gets a hash of the full id:
+    two tests never share a file.
+    """
+    sanitized = _UNSAFE.sub("_", nodeid)
+    stem = sanitized.strip("_.") or "test"
+    if stem != sanitized or not _PLAIN_NODEID.fullmatch(nodeid) or len(stem) > MAX_STEM:
+        digest = hashlib.sha1(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        stem = f"{stem[: MAX_STEM - 11].rstrip('_.')}-{digest}"
+    if fixture != "memdb":
+        stem = f"{stem}-{_UNSAFE.sub('_', fixture)}"
+    return directory / f"{stem}.sqlite"
+
+
+LOCK_WAIT_S = 1.0
+"""How long a dump waits for a write another connection of the test is finishing."""
+
+
+def save_committed(database: MemoryDatabase, path: Path) -> Path:
+    """Write the database's last committed state to ``path`` as a SQLite file.
+
+    A new connection reads it inside a read transaction it opens first, waiting at
+    most :data:`LOCK_WAIT_S`: SQLite's ``memdb`` lets no reader in while another
+    connection holds a pending write (a session the test left uncommitted), and
+    ``backup()`` itself would retry such a lock forever. That case raises
+    ``sqlite3.OperationalError`` saying so, and the report shows it instead of a path.
+    """
+    reader = sqlite3.connect(
+        database.sqlite_uri, uri=True, timeout=LOCK_WAIT_S, isolation_level=None
+    )
+    try:
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            raise sqlite3.OperationalError(
+                f"{exc}: a connection of the test holds an uncommitted write, and SQLite "
+                "lets no one read past it (commit or roll back before the test fails; "
+                "rollback isolation dumps pending writes too)"
+            ) from None
+        with _writing(path) as partial:
+            target = sqlite3.connect(partial)
+            try:
+                reader.backup(target)
+            finally:
+                target.close()
+    finally:
+        reader.close()
+    return path
+
+
+def save_connection_view(connection: sqlite3.Connection, path: Path) -> Path:
+    """Write what ``connection`` sees, its open transaction included, to ``path``.
+
+    ``backup()`` from a connection inside a write transaction waits forever on its
+    own lock and ``VACUUM INTO`` refuses to run in a transaction; ``serialize()``
+    (Python 3.11+) copies the image at once, ``iterdump()`` rebuilds it elsewhere.
+    """
+    serialize = getattr(connection, "serialize", None)
+    with _writing(path) as partial:
+        if serialize is not None:
+            partial.write_bytes(serialize())
+        else:  # Python 3.10
+            target = sqlite3.connect(partial, isolation_level=None)
+            try:
+                target.executescript("\n".join(connection.iterdump()))
+            finally:
+                target.close()
+    return path
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[Path]:
+    """A scratch path next to ``path``, moved over it when complete (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        yield partial
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def keep_databases(
+    held: Sequence[tuple[str, MemdbHandle]], directory: Path, item: pytest.Item
+) -> list[str]:
+    """Write each database a failing test holds; one report line per database."""
+    lines = []
+    for fixture, handle in held:
+        path = dump_path(directory, item.nodeid, fixture)
+        try:
+            handle.save(path)
+        except (OSError, sqlite3.Error) as exc:
+            lines.append(f"{fixture}: could not write the database to {path}: {exc}")
+        else:
+            lines.append(f"{fixture}: the database as the test left it is in {path}")
+    return lines

@@ -1,0 +1,242 @@
+"""What a template is made of: a fixture file, your models' tables, seed steps, a hook.
+
+Built once per session (per xdist worker) when a test first asks for it, so that
+models which test modules add to a ``Base`` during collection are included.
+Imports SQLAlchemy: load lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy.pool import StaticPool
+
+from pytest_memdb.config import LoadStep, Target
+from pytest_memdb.errors import MemdbError
+from pytest_memdb.memory import MemoryDatabase, load_file
+from pytest_memdb.pragmas import Pragmas, apply_pragmas
+
+TemplateHook = Callable[[Connection, Target], None]
+"""Runs the ``pytest_memdb_template`` hook implementations on the seeding connection."""
+
+
+def build_template(
+    target: Target,
+    name: str,
+    *,
+    base_dir: Path,
+    pragmas: Pragmas = (),
+    hook: TemplateHook | None = None,
+) -> MemoryDatabase:
+    """A new in-memory database called ``name`` with everything ``target`` asks for.
+
+    The fixture file (if any) is copied first; then, in ONE transaction, the
+    metadata's missing tables are created, the load steps run in order, and the hook
+    runs. Any failure rolls the transaction back, frees the database and raises a
+    :class:`MemdbError` that names the step and carries the original exception.
+    """
+    if target.file is not None:
+        database = load_file(target.file, name, origin=target.file_origin)
+    else:
+        database = MemoryDatabase(name)
+    if target.metadata is None and not target.load and hook is None:
+        return database
+    try:
+        metadata = (
+            import_metadata(target.metadata, target.metadata_origin, base_dir)
+            if target.metadata
+            else None
+        )
+        with _seeding_connection(database, pragmas) as conn, conn.begin():
+            if metadata is not None:
+                _step(f"creating the tables of {target.metadata!r}", metadata.create_all, conn)
+            for step in target.load:
+                _run_load_step(step, conn, base_dir)
+            if hook is not None:
+                hook(conn, target)
+    except BaseException:
+        database.close()
+        raise
+    return database
+
+
+@contextmanager
+def _seeding_connection(database: MemoryDatabase, pragmas: Pragmas) -> Iterator[Connection]:
+    """A sync connection whose ``BEGIN``/``COMMIT`` SQLAlchemy emits itself.
+
+    With the driver in charge, DDL would run outside the transaction and a failing
+    step would leave the steps before it applied (SQLAlchemy's SQLite docs,
+    "Serializable isolation / Savepoints / Transactional DDL").
+    """
+    raw = sqlite3.connect(database.sqlite_uri, uri=True, isolation_level=None)
+    apply_pragmas(raw, pragmas)
+    engine: Engine = create_engine("sqlite://", creator=lambda: raw, poolclass=StaticPool)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+        raw.close()
+
+
+def _step(what: str, run: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return run(*args)
+    except MemdbError:
+        raise
+    except Exception as exc:
+        raise MemdbError(
+            f"pytest-memdb: seeding the template failed while {what}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _run_load_step(step: LoadStep, conn: Connection, base_dir: Path) -> None:
+    if step.script is not None:
+        try:
+            script = step.script.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MemdbError(
+                f"pytest-memdb: seeding the template failed: the {step.describe()} cannot be "
+                f"read ({exc.strerror or exc})."
+            ) from None
+        for number, statement in enumerate(split_sql(script), 1):
+            shown = re.sub(r"\s+", " ", statement).rstrip(";")[:200]
+            what = f"running statement {number} of the {step.describe()}: {shown}"
+            _step(what, _sql, conn, statement)
+        return
+    assert step.callable is not None
+    function = import_object(step.callable, step.origin, base_dir)
+    if not callable(function):
+        raise MemdbError(
+            f"pytest-memdb: {step.origin}: {step.callable!r} is {_found(function)}, not a "
+            "callable taking a sync SQLAlchemy Connection."
+        )
+    result = _step(f"running the {step.describe()}", function, conn)
+    if hasattr(result, "__await__"):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # no "coroutine was never awaited" warning on top of our error
+        raise MemdbError(
+            f"pytest-memdb: {step.origin}: {step.callable!r} is async; load steps get a sync "
+            "SQLAlchemy Connection (use conn.execute(...), no await)."
+        )
+
+
+def _sql(conn: Connection, statement: str) -> None:
+    conn.exec_driver_sql(statement)
+
+
+def split_sql(script: str) -> list[str]:
+    """A script's statements, split where SQLite's own tokenizer says one is complete.
+
+    ``executescript`` cannot be used: it commits any open transaction first.
+    Semicolons inside strings, comments and trigger bodies do not split.
+    """
+    statements: list[str] = []
+    start = 0
+    for match in re.finditer(";", script):
+        candidate = script[start : match.end()]
+        if sqlite3.complete_statement(candidate):
+            statements.append(candidate.strip())
+            start = match.end()
+    rest = script[start:].strip()
+    if rest and sqlite3.complete_statement(rest + "\n;") and _has_code(rest):
+        statements.append(rest)
+    return [s for s in statements if _has_code(s)]
+
+
+def _has_code(statement: str) -> bool:
+    without_comments = re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.S)
+    return bool(without_comments.strip(" \t\r\n;"))
+
+
+def import_object(dotted: str, origin: str, base_dir: Path) -> Any:
+    """``package.module:Name`` imported as if from ``base_dir`` (the ini file's folder)."""
+    module_name, _, attribute = dotted.partition(":")
+    folder = str(base_dir)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise MemdbError(
+            f"pytest-memdb: {origin} {dotted!r}: importing module {module_name!r} (from "
+            f"{folder}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+    found: Any = module
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise MemdbError(
+                f"pytest-memdb: {origin} {dotted!r}: module {module_name!r} has no attribute "
+                f"{attribute!r}."
+            ) from None
+    return found
+
+
+def import_metadata(dotted: str, origin: str, base_dir: Path) -> MetaData:
+    """The ``MetaData`` that ``dotted`` names, directly or as a declarative base's."""
+    found = import_object(dotted, origin, base_dir)
+    if isinstance(found, MetaData):
+        return found
+    metadata = getattr(found, "metadata", None) if isinstance(found, type) else None
+    if isinstance(metadata, MetaData):
+        return metadata
+    raise MemdbError(
+        f"pytest-memdb: {origin} {dotted!r} is {_found(found)}; expected a DeclarativeBase "
+        "subclass (class Base(DeclarativeBase)) or a sqlalchemy.MetaData."
+    )
+
+
+def _found(obj: object) -> str:
+    name = type(obj).__name__
+    kind = (
+        "a class" if isinstance(obj, type) else f"{'an' if name[0] in 'AEIOUaeiou' else 'a'} {name}"
+    )
+    return f"{kind} ({obj!r})"
+
+
+def hook_runner(caller: Any, config: Any) -> TemplateHook:
+    """Call the ``pytest_memdb_template`` implementations, naming the one that fails."""
+
+    def run(conn: Connection, target: Target) -> None:
+        try:
+            caller(connection=conn, config=config, target=target)
+        except Exception as exc:
+            raise MemdbError(
+                "pytest-memdb: seeding the template failed in the pytest_memdb_template hook "
+                f"{_hookimpl_at_fault(caller, exc)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    return run
+
+
+def _hookimpl_at_fault(caller: Any, exc: BaseException) -> str:
+    codes = {impl.function.__code__: impl for impl in caller.get_hookimpls()}
+    tb = exc.__traceback__
+    culprit = None
+    while tb is not None:
+        culprit = codes.get(tb.tb_frame.f_code, culprit)
+        tb = tb.tb_next
+    if culprit is None:
+        return "implementation"
+    code = culprit.function.__code__
+    return f"implementation {culprit.function.__name__} ({code.co_filename}:{code.co_firstlineno})"

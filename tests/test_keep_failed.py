@@ -1,0 +1,397 @@
+"""``--memdb-keep-failed DIR``: a failing test's database, written out as a SQLite file.
+
+Inner tests write rows named after themselves and then fail (in the body, or in a
+fixture set up after ``memdb``); the outer tests open every dump with ``sqlite3`` and
+check it is a valid database holding what that test wrote, and that passing tests
+wrote nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import write_ini
+
+pytestmark = pytest.mark.usefixtures("app_db")
+
+MODES = ["copy", "rollback", "session"]
+BASE = ["ada", "brian", "grace"]
+KEPT = re.compile(r"^(?P<fixture>\w+): the database as the test left it is in (?P<path>.+)$")
+
+TESTS = """
+import pytest
+from sqlalchemy import text
+
+INSERT = text("INSERT INTO user (name, email) VALUES (:name, 'x@example.com')")
+
+
+async def test_body_fails(memdb_session):
+    await memdb_session.execute(INSERT, {"name": "body"})
+    await memdb_session.commit()
+    assert 1 + 1 == 3, "the body failed"
+
+
+def test_passes(memdb_sync_session):
+    memdb_sync_session.execute(INSERT, {"name": "passing"})
+    memdb_sync_session.commit()
+
+
+@pytest.fixture
+def breaks_after_memdb(memdb, memdb_sync_session):
+    memdb_sync_session.execute(INSERT, {"name": "setup"})
+    memdb_sync_session.commit()
+    raise RuntimeError("the fixture broke")
+
+
+def test_setup_error(breaks_after_memdb):
+    pass
+
+
+def test_fails_without_memdb():
+    assert False
+"""
+
+
+def kept(lines: list[str]) -> dict[str, str]:
+    """The report lines naming a dump, as {path: fixture}."""
+    found = {}
+    for line in lines:
+        match = KEPT.match(line.strip())
+        if match:
+            found[match["path"]] = match["fixture"]
+    return found
+
+
+def names_in(path: Path) -> list[str]:
+    """The ``user`` names in a dump, after checking that it is a sound SQLite file."""
+    assert path.read_bytes()[:16] == b"SQLite format 3\x00"
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return [row[0] for row in conn.execute("SELECT name FROM user ORDER BY id")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_failing_tests_leave_their_database(pytester: pytest.Pytester, isolation: str) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
+    pytester.makepyfile(test_keep=TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--memdb-keep-failed", "dumps")
+    result.assert_outcomes(passed=1, failed=2, errors=1)
+
+    dumps = pytester.path / "dumps"
+    body = dumps / "test_keep.py_test_body_fails.sqlite"
+    setup = dumps / "test_keep.py_test_setup_error.sqlite"
+    assert sorted(p.name for p in dumps.iterdir()) == sorted([body.name, setup.name])
+    assert names_in(body) == [*BASE, "body"]
+    # session isolation keeps every earlier test's writes (the passing test's included)
+    expected_setup = (
+        [*BASE, "body", "passing", "setup"]
+        if isolation == "session"
+        else [
+            *BASE,
+            "setup",
+        ]
+    )
+    assert names_in(setup) == expected_setup
+    assert kept(result.outlines) == {str(body): "memdb", str(setup): "memdb"}
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_body_fails _*",
+            "*the body failed*",
+            "*- pytest-memdb: database kept -*",
+            f"memdb: the database as the test left it is in {body}",
+        ]
+    )
+
+
+def test_passing_run_writes_nothing(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(test_keep=TESTS)
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--memdb-keep-failed", "dumps", "-k", "passes"
+    )
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "dumps").exists()
+    result.stdout.no_fnmatch_line("*database kept*")
+
+
+def test_without_the_option_nothing_is_written(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(test_keep=TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2, errors=1)
+    assert sorted(os.listdir(pytester.path)) == ["data", "pytest.ini", "test_keep.py"]
+    result.stdout.no_fnmatch_line("*database kept*")
+
+
+ODD_IDS = {
+    "slash": "a/b",
+    "space": "a b",
+    "underscore": "a_b",
+    "bracket": "[a]b",
+    "unicode": "äb€ 漢字",
+    "long": "x" * 300,
+    "long2": "x" * 299 + "y",
+    "dots": "../..",
+}
+
+
+def test_odd_test_ids_give_distinct_legal_names(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(
+        test_odd=f"""
+        import pytest
+        from sqlalchemy import text
+
+        IDS = {list(ODD_IDS.values())!r}
+
+
+        @pytest.mark.parametrize("label", IDS, ids=IDS)
+        def test_odd(memdb_sync_session, label):
+            memdb_sync_session.execute(
+                text("INSERT INTO user (name) VALUES (:name)"), {{"name": label}}
+            )
+            memdb_sync_session.commit()
+            assert False
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--memdb-keep-failed", "dumps")
+    result.assert_outcomes(failed=len(ODD_IDS))
+
+    dumps = pytester.path / "dumps"
+    files = sorted(dumps.iterdir())
+    assert len(files) == len(ODD_IDS)
+    assert sorted(kept(result.outlines)) == [str(f) for f in files]
+    by_label = {}
+    for path in files:
+        assert path.parent == dumps
+        assert len(path.name.encode()) <= 255
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+\.sqlite", path.name), path.name
+        assert not path.name.startswith(".")
+        names = names_in(path)
+        assert names[:3] == BASE
+        assert len(names) == 4
+        by_label[names[3]] = path
+    assert sorted(by_label) == sorted(ODD_IDS.values())
+
+
+def test_factory_databases_get_the_fixture_name(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makeconftest(
+        """
+        from pytest_memdb import memdb_factory
+
+        other_db = memdb_factory("other_db", file="data/app.sqlite")
+        """
+    )
+    pytester.makepyfile(
+        test_two="""
+        from sqlalchemy import text
+
+
+        def test_two(memdb, other_db):
+            for handle, name in ((memdb, "main-row"), (other_db, "other-row")):
+                with handle.sync_sessionmaker() as session:
+                    session.execute(text("INSERT INTO user (name) VALUES (:n)"), {"n": name})
+                    session.commit()
+            assert False
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--memdb-keep-failed", "dumps")
+    result.assert_outcomes(failed=1)
+    main = pytester.path / "dumps" / "test_two.py_test_two.sqlite"
+    other = pytester.path / "dumps" / "test_two.py_test_two-other_db.sqlite"
+    assert sorted((pytester.path / "dumps").iterdir()) == sorted([main, other])
+    assert names_in(main) == [*BASE, "main-row"]
+    assert names_in(other) == [*BASE, "other-row"]
+    assert kept(result.outlines) == {str(main): "memdb", str(other): "other_db"}
+
+
+def test_relative_dir_is_relative_to_the_invocation_dir(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(test_keep=TESTS)
+    elsewhere = pytester.mkdir("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--memdb-keep-failed", "out", str(pytester.path)
+    )
+    result.assert_outcomes(passed=1, failed=2, errors=1)
+    assert not (pytester.path / "out").exists()
+    assert sorted(p.name for p in (elsewhere / "out").iterdir()) == [
+        "test_keep.py_test_body_fails.sqlite",
+        "test_keep.py_test_setup_error.sqlite",
+    ]
+
+
+def test_under_xdist(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    for isolation in MODES:
+        header = f"import pytest\n\npytestmark = pytest.mark.memdb(isolation={isolation!r})\n"
+        pytester.makepyfile(**{f"test_keep_{isolation}": header + TESTS})
+    elsewhere = pytester.mkdir("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        "--memdb-keep-failed",
+        "out",
+        str(pytester.path),
+        timeout=120,
+    )
+    result.assert_outcomes(passed=3, failed=6, errors=3)
+    out = elsewhere / "out"
+    expected = {
+        f"test_keep_{isolation}.py_test_{name}.sqlite"
+        for isolation in MODES
+        for name in ("body_fails", "setup_error")
+    }
+    assert {p.name for p in out.iterdir()} == expected
+    for isolation in ("copy", "rollback"):
+        assert names_in(out / f"test_keep_{isolation}.py_test_body_fails.sqlite") == [
+            *BASE,
+            "body",
+        ]
+        assert names_in(out / f"test_keep_{isolation}.py_test_setup_error.sqlite") == [
+            *BASE,
+            "setup",
+        ]
+    # session mode: the tests of that module may run on either worker, in any order
+    assert "body" in names_in(out / "test_keep_session.py_test_body_fails.sqlite")
+    assert "setup" in names_in(out / "test_keep_session.py_test_setup_error.sqlite")
+    assert set(kept(result.outlines)) == {str(out / name) for name in expected}
+
+
+UNCOMMITTED = """
+import pytest
+from sqlalchemy import text
+
+INSERT = text("INSERT INTO user (name) VALUES (:name)")
+
+
+async def test_left_uncommitted(memdb, memdb_session, memdb_sessionmaker):
+    async with memdb_sessionmaker() as other:
+        await other.execute(INSERT, {"name": "committed"})
+        await other.commit()
+    await memdb_session.execute(INSERT, {"name": "pending"})
+    assert False, "failed with a write pending"
+
+
+def test_next_test_runs(memdb_sync_session):
+    names = list(memdb_sync_session.scalars(text("SELECT name FROM user")))
+    assert "pending" not in names
+"""
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_uncommitted_write_does_not_hang_the_dump(
+    pytester: pytest.Pytester, isolation: str
+) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
+    pytester.makepyfile(test_pending=UNCOMMITTED)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--memdb-keep-failed", "dumps", timeout=30
+    )
+    result.assert_outcomes(failed=1, passed=1)
+    path = pytester.path / "dumps" / "test_pending.py_test_left_uncommitted.sqlite"
+    if isolation == "rollback":
+        # One connection holds the test's view: its committed and its pending rows.
+        assert names_in(path) == [*BASE, "committed", "pending"]
+    else:
+        # SQLite's memdb lets nobody read past a pending write: the dump says why instead.
+        assert not path.exists()
+        result.stdout.fnmatch_lines(
+            [f"memdb: could not write the database to {path}: *uncommitted write*"]
+        )
+
+
+def test_teardown_and_expected_failures(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(
+        test_teardown="""
+        import pytest
+        from sqlalchemy import text
+
+        INSERT = text("INSERT INTO user (name) VALUES (:name)")
+
+
+        @pytest.fixture
+        def breaks_at_teardown(memdb, memdb_sync_session):
+            yield memdb_sync_session
+            memdb_sync_session.execute(INSERT, {"name": "teardown"})
+            memdb_sync_session.commit()
+            raise RuntimeError("the teardown broke")
+
+
+        def test_call_then_teardown_fail(breaks_at_teardown):
+            breaks_at_teardown.execute(INSERT, {"name": "call"})
+            breaks_at_teardown.commit()
+            assert False
+
+
+        def test_only_teardown_fails(breaks_at_teardown):
+            breaks_at_teardown.execute(INSERT, {"name": "passed"})
+            breaks_at_teardown.commit()
+
+
+        @pytest.mark.xfail(reason="known", strict=True)
+        def test_expected_failure(memdb_sync_session):
+            assert False
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--memdb-keep-failed", "dumps")
+    result.assert_outcomes(failed=1, passed=1, errors=2, xfailed=1)
+    dumps = pytester.path / "dumps"
+    both = dumps / "test_teardown.py_test_call_then_teardown_fail.sqlite"
+    # The teardown report comes after every fixture was torn down: the database is gone
+    # by then, so only the call's failure is dumped, as it was then.
+    assert sorted(dumps.iterdir()) == [both]
+    assert names_in(both) == [*BASE, "call"]
+    assert list(kept(result.outlines)) == [str(both)]
+
+
+class _NoSerialize:
+    """A ``sqlite3.Connection`` as Python 3.10 has it: no ``serialize()``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def iterdump(self):  # type: ignore[no-untyped-def]
+        return self._conn.iterdump()
+
+
+@pytest.mark.parametrize("serialize", [True, False], ids=["serialize", "iterdump"])
+def test_connection_view_includes_its_open_transaction(tmp_path: Path, serialize: bool) -> None:
+    from pytest_memdb.dumps import save_connection_view
+    from pytest_memdb.memory import MemoryDatabase, unique_name
+
+    database = MemoryDatabase(unique_name("keep", "view"))
+    conn = sqlite3.connect(database.sqlite_uri, uri=True, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE user (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO user (name) VALUES ('before')")
+        conn.execute("BEGIN")  # the rollback-mode outer transaction
+        conn.execute("SAVEPOINT sp")
+        conn.execute("INSERT INTO user (name) VALUES ('released')")
+        conn.execute("RELEASE sp")
+        conn.execute("SAVEPOINT pending")
+        conn.execute("INSERT INTO user (name) VALUES ('pending')")
+        source = conn if serialize else _NoSerialize(conn)
+        path = save_connection_view(source, tmp_path / "view.sqlite")  # type: ignore[arg-type]
+        assert conn.in_transaction
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+        database.close()
+    assert names_in(path) == ["before", "released", "pending"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["view.sqlite"]
