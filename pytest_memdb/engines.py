@@ -59,30 +59,82 @@ def set_pragmas_on_connect(engine: Engine, pragmas: Pragmas) -> None:
     event.listen(engine, "connect", connect)
 
 
-class EnginePair:
-    """The async and sync engines of one database, made on first use, disposed together."""
+_STATEFUL_VERBS = frozenset(
+    {"PRAGMA", "ATTACH", "DETACH", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE"}
+)
 
-    def __init__(self, database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> None:
+
+def leaves_connection_state(statement: str) -> bool:
+    """Whether ``statement`` may leave state on the connection that ran it, or change the schema.
+
+    ``PRAGMA`` (``foreign_keys``, ``journal_mode``, ...), ``ATTACH``/``DETACH`` and
+    ``CREATE TEMP ...`` outlive the transaction on that one connection; every other DDL
+    is counted too (it is rare in tests, and a ``CREATE TABLE temp.x`` is DDL as well).
+    """
+    rest = statement
+    while True:  # skip leading whitespace, parentheses and comments
+        rest = rest.lstrip(" \t\r\n(;")
+        if rest.startswith("--"):
+            rest = rest.partition("\n")[2]
+        elif rest.startswith("/*"):
+            rest = rest.partition("*/")[2]
+        else:
+            break
+    words = rest.split(None, 1)
+    return bool(words) and words[0].upper() in _STATEFUL_VERBS
+
+
+class EnginePair:
+    """The async and sync engines of one database, made on first use, disposed together.
+
+    With ``watch_state``, every statement run through either engine is looked at, and
+    :attr:`stateful` turns True once one of them may have left per-connection state
+    (see :func:`leaves_connection_state`): pooled connections must then not be reused.
+    """
+
+    def __init__(
+        self,
+        database: MemoryDatabase,
+        *,
+        echo: bool,
+        pragmas: Pragmas = (),
+        watch_state: bool = False,
+    ) -> None:
         self._database = database
         self._echo = echo
         self._pragmas = pragmas
+        self._watch = watch_state
         self._async: AsyncEngine | None = None
         self._sync: Engine | None = None
+        self.stateful = False
 
     @property
     def async_engine(self) -> AsyncEngine:
         if self._async is None:
             self._async = async_engine(self._database, echo=self._echo, pragmas=self._pragmas)
+            self._watch_engine(self._async.sync_engine)
         return self._async
 
     @property
     def sync_engine(self) -> Engine:
         if self._sync is None:
             self._sync = sync_engine(self._database, echo=self._echo, pragmas=self._pragmas)
+            self._watch_engine(self._sync)
         return self._sync
 
+    def _watch_engine(self, engine: Engine) -> None:
+        if not self._watch:
+            return
+
+        def before_cursor_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if not self.stateful and leaves_connection_state(statement):
+                self.stateful = True
+
+        event.listen(engine, "before_cursor_execute", before_cursor_execute)
+
     async def aclose(self) -> None:
-        """Close every pooled connection, so the database can be freed."""
+        """Close every pooled connection, so the database can be freed (engines stay usable)."""
+        self.stateful = False
         if self._async is not None:
             await self._async.dispose()
         if self._sync is not None:

@@ -6,16 +6,17 @@ Imports SQLAlchemy: load it lazily.
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_memdb._loop import run_sync
 from pytest_memdb.config import MemdbConfig, Target
+from pytest_memdb.copies import CopySlot
 from pytest_memdb.engines import EnginePair
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.memory import DatabaseInUse, MemoryDatabase, unique_name
+from pytest_memdb.memory import MemoryDatabase, unique_name
 from pytest_memdb.pragmas import Pragmas
 from pytest_memdb.savepoints import SharedConnection
 from pytest_memdb.templates import TemplateHook, build_template
@@ -40,28 +41,37 @@ class Template:
     _shared: SharedConnection | None = field(default=None, init=False)
     _session_db: MemoryDatabase | None = field(default=None, init=False)
     _session_engines: EnginePair | None = field(default=None, init=False)
-    _copy_name: str | None = field(default=None, init=False)
-    _copy_engines: EnginePair | None = field(default=None, init=False)
+    _copy_slot: CopySlot | None = field(default=None, init=False)
 
     def open_copy(self) -> MemdbHandle:
-        """A fresh copy of the template, under the name every copy of it takes in turn.
+        """A copy of the template as it was in the file, for one test.
 
-        Reusing one name lets the engines outlive the test: their pools are emptied at
-        teardown (no connection, PRAGMA or temp table survives), but SQLAlchemy's dialect
-        set-up and compiled-statement cache serve every test instead of starting over,
-        which is most of what an ORM-heavy test would otherwise pay per test.
+        The copies take turns in one :class:`~pytest_memdb.copies.CopySlot`, under one
+        name, restored in place only when the previous test changed something; the
+        engines, their pooled connections and SQLAlchemy's compiled-statement cache serve
+        every test instead of starting over (see :mod:`pytest_memdb.copies`).
         """
-        if self._copy_name is None:
-            self._copy_name = self._new_copy_name()
-        try:
-            database = self.database.copy(self._copy_name)
-        except (DatabaseInUse, sqlite3.Error):
-            # A connection an earlier test leaked still holds the shared copy: go around it.
-            database = self.database.copy(self._new_copy_name())
-            return self._copy_handle(database, self._engines(database))
-        if self._copy_engines is None:
-            self._copy_engines = self._engines(database)
-        return self._copy_handle(database, self._copy_engines)
+        if self._copy_slot is None:
+            self._copy_slot = CopySlot(
+                self.database, self._new_copy_name(), echo=self.echo, pragmas=self.pragmas
+            )
+            self._copy_slot.in_use = True
+            slot: CopySlot | None = self._copy_slot
+        else:
+            slot = self._copy_slot if self._copy_slot.take() else None
+        if slot is not None:
+            return self._copy_handle(slot.database, slot.engines, slot.release)
+        # A connection an earlier test leaked still holds the slot's copy: go around it.
+        database = self.database.copy(self._new_copy_name())
+        engines = self._engines(database)
+
+        def release() -> None:
+            try:
+                run_sync(engines.aclose())
+            finally:
+                database.close()
+
+        return self._copy_handle(database, engines, release)
 
     def _new_copy_name(self) -> str:
         return unique_name(self.worker, self.label, "copy")
@@ -69,13 +79,9 @@ class Template:
     def _engines(self, database: MemoryDatabase) -> EnginePair:
         return EnginePair(database, echo=self.echo, pragmas=self.pragmas)
 
-    def _copy_handle(self, database: MemoryDatabase, engines: EnginePair) -> MemdbHandle:
-        def release() -> None:
-            try:
-                run_sync(engines.aclose())  # empties the pools; the engines stay usable
-            finally:
-                database.close()
-
+    def _copy_handle(
+        self, database: MemoryDatabase, engines: EnginePair, release: Callable[[], None]
+    ) -> MemdbHandle:
         return MemdbHandle(
             database=database,
             source=self.source,
@@ -115,8 +121,8 @@ class Template:
                 await self._shared.aclose()
             if self._session_engines is not None:
                 await self._session_engines.aclose()
-            if self._copy_engines is not None:
-                await self._copy_engines.aclose()
+            if self._copy_slot is not None:
+                await self._copy_slot.aclose()
         finally:
             if self._session_db is not None:
                 self._session_db.close()
