@@ -32,6 +32,7 @@ def async_engine(database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ())
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
     )
     set_pragmas_on_connect(engine.sync_engine, pragmas)
+    explain_lock_errors(engine.sync_engine)
     return engine
 
 
@@ -45,7 +46,29 @@ def sync_engine(database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) 
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
     )
     set_pragmas_on_connect(engine, pragmas)
+    explain_lock_errors(engine)
     return engine
+
+
+LOCK_HINT = (
+    "pytest-memdb: another connection to this in-memory database holds an uncommitted "
+    "write. SQLite's memdb lets no other connection read or write past it (a database "
+    f"file would let readers in), and this one gave up after the {BUSY_TIMEOUT_S:.0f} s busy "
+    "timeout. Commit or roll back the other session first (in a test, often the test's own "
+    "memdb_session before calling the app), or use memdb_isolation = rollback, where reads "
+    "never wait."
+)
+
+
+def explain_lock_errors(engine: Engine) -> None:
+    """Add what ``database is locked`` means here, and the way out, to SQLAlchemy's error."""
+
+    def handle_error(context: Any) -> None:
+        error = context.sqlalchemy_exception
+        if error is not None and "database is locked" in str(context.original_exception):
+            error.add_detail(LOCK_HINT)
+
+    event.listen(engine, "handle_error", handle_error)
 
 
 def set_pragmas_on_connect(engine: Engine, pragmas: Pragmas) -> None:
