@@ -26,7 +26,7 @@ from pytest_memdb.templates import TemplateHook, build_template
 class Template:
     """A template built once, and what rollback and session modes keep of it.
 
-    The template itself stays as the file was: ``copy`` tests copy it, ``rollback``
+    The template itself stays as it was built: ``copy`` tests copy it, ``rollback``
     tests work on it inside a transaction that is always rolled back, and
     ``session`` tests share a separate copy whose writes persist.
     """
@@ -44,7 +44,7 @@ class Template:
     _copy_slot: CopySlot | None = field(default=None, init=False)
 
     def open_copy(self) -> MemdbHandle:
-        """A copy of the template as it was in the file, for one test.
+        """A copy of the template as it was built, for one test.
 
         The copies take turns in one :class:`~pytest_memdb.copies.CopySlot`, under one
         name, restored in place only when the previous test changed something; the
