@@ -115,7 +115,8 @@ def load_file(path: Path, name: str, *, origin: str) -> MemoryDatabase:
     the option the path came from, for error messages.
     """
     header = check_fixture_file(path, origin=origin)
-    if header[18:20] == b"\x02\x02":  # read/write format versions 2: WAL mode
+    # Format version 2 (WAL) at byte 18 (write) or 19 (read; SQLite goes by this one).
+    if 2 in header[18:20]:
         with tempfile.TemporaryDirectory(prefix="pytest-memdb-") as scratch:
             readable = _checkpointed_copy(path, Path(scratch), origin=origin)
             return _load(readable, name, path=path, origin=origin)
