@@ -45,9 +45,10 @@ def file_uri(path: Path, *, read_only: bool) -> str:
     """A ``file:`` URI for ``path`` that survives ``?``, ``#``, ``%`` and spaces in it.
 
     Unescaped, ``data/run #1/app.db`` would open (and create!) ``data/run `` instead.
+    Quoted as bytes, so a name that is not valid UTF-8 (``os.fsdecode``'s surrogates) works.
     """
     mode = "?mode=ro" if read_only else ""
-    return f"file:{quote(str(path.resolve()))}{mode}"
+    return f"file:{quote(os.fsencode(path.resolve()))}{mode}"
 
 
 class DatabaseInUse(Exception):
