@@ -24,6 +24,8 @@ from urllib.parse import quote
 from pytest_memdb.errors import FixtureFileError
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_PATH_LIMIT = 504
+"""The longest full path SQLite's unix VFS opens, in bytes (measured: 504 opens, 505 does not)."""
 _counter = itertools.count(1)
 
 
@@ -112,12 +114,13 @@ def load_file(path: Path, name: str, *, origin: str) -> MemoryDatabase:
 
     The file is opened read-only through a percent-encoded URI and never written.
     A WAL-mode file is first copied, with its ``-wal``, into a private folder where
-    SQLite folds the WAL's rows in, so they are in the copy too. ``origin`` names
-    the option the path came from, for error messages.
+    SQLite folds the WAL's rows in, so they are in the copy too; so is a file whose
+    path is too long for SQLite to open. ``origin`` names the option the path came
+    from, for error messages.
     """
     header = check_fixture_file(path, origin=origin)
     # Format version 2 (WAL) at byte 18 (write) or 19 (read; SQLite goes by this one).
-    if 2 in header[18:20]:
+    if 2 in header[18:20] or len(os.fsencode(path.resolve())) > SQLITE_PATH_LIMIT:
         with tempfile.TemporaryDirectory(prefix="pytest-memdb-") as scratch:
             readable = _checkpointed_copy(path, Path(scratch), origin=origin)
             return _load(readable, name, path=path, origin=origin)
