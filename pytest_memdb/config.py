@@ -55,18 +55,20 @@ class MemdbConfig:
         cli_file = config.getoption("memdb_file")
         ini_file = str(config.getini("memdb_file") or "").strip()
         file: Path | None
-        if cli_file:
-            file = _resolve(cli_file, config.invocation_params.dir)
-            origin = "--memdb-file"
-        elif ini_file:
-            file = _resolve(ini_file, base_dir)
-            origin = f"memdb_file in {config.inipath.name if config.inipath else 'the ini file'}"
-        else:
-            file, origin = None, ""
         cli_isolation = config.getoption("memdb_isolation")
         isolation_origin = "--memdb-isolation" if cli_isolation else "memdb_isolation"
         raw_isolation = cli_isolation or str(config.getini("memdb_isolation") or "").strip()
         try:
+            if cli_file:
+                origin = "--memdb-file"
+                file = _resolve(cli_file, config.invocation_params.dir, origin)
+            elif ini_file:
+                origin = "memdb_file in " + (
+                    config.inipath.name if config.inipath else "the ini file"
+                )
+                file = _resolve(ini_file, base_dir, origin)
+            else:
+                file, origin = None, ""
             isolation = parse_isolation(raw_isolation or DEFAULT_ISOLATION, isolation_origin)
         except MemdbError as exc:
             raise pytest.UsageError(str(exc)) from None
@@ -86,8 +88,8 @@ class MemdbConfig:
             )
         file, origin = self.file, self.file_origin
         if kwargs.get("file") is not None:
-            file = _resolve(str(kwargs["file"]), self.base_dir)
             origin = "@pytest.mark.memdb(file=...)"
+            file = _resolve(str(kwargs["file"]), self.base_dir, origin)
         if file is None:
             raise MemdbError(
                 "pytest-memdb: no SQLite fixture file is configured (ini option memdb_file, "
@@ -108,6 +110,14 @@ def parse_isolation(value: object, origin: str) -> Isolation:
     )
 
 
-def _resolve(raw: str, base: Path) -> Path:
-    path = Path(raw).expanduser()
+def _resolve(raw: str, base: Path, origin: str) -> Path:
+    if "\x00" in raw:
+        raise MemdbError(f"pytest-memdb: {origin} got {raw!r}; a path cannot hold a NUL character.")
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # ``~name`` for a user this system does not know
+        raise MemdbError(
+            f"pytest-memdb: {origin} got {raw!r}; {raw.split('/', 1)[0]!r} is not the home "
+            "folder of any user on this system."
+        ) from None
     return path if path.is_absolute() else base / path
