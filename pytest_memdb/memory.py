@@ -200,6 +200,15 @@ def check_fixture_file(path: Path, *, origin: str) -> bytes:
         raise _file_error(
             path, origin, f"it is not a SQLite database (its first bytes are {header[:16]!r})"
         )
+    # SQLite itself reads only the low byte of this 4-byte number: 256 would pass as 0.
+    schema_format = int.from_bytes(header[44:48], "big")
+    if schema_format > 4:
+        raise _file_error(
+            path,
+            origin,
+            f"it is in an unsupported file format (schema format {schema_format} in its "
+            f"header; SQLite {sqlite3.sqlite_version} reads formats 1 to 4)",
+        )
     return header
 
 
