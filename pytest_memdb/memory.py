@@ -145,28 +145,30 @@ def _checkpointed_copy(path: Path, scratch: Path, *, origin: str) -> Path:
             conn.execute("PRAGMA journal_mode=DELETE")
         finally:
             conn.close()
-    except sqlite3.Error as exc:
-        raise _file_error(path, origin, f"it is not a usable SQLite database ({exc})") from None
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        problem = f"it is not a usable SQLite database ({_text(exc)})"
+        raise _file_error(path, origin, problem) from None
     return copy
 
 
 def _load(readable: Path, name: str, *, path: Path, origin: str) -> MemoryDatabase:
     try:
         source = sqlite3.connect(file_uri(readable, read_only=True), uri=True)
-    except sqlite3.Error as exc:
-        raise _file_error(path, origin, f"SQLite cannot open it ({exc})") from None
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        raise _file_error(path, origin, f"SQLite cannot open it ({_text(exc)})") from None
     try:
         try:
             source.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.Error as exc:
-            raise _file_error(path, origin, f"it is not a usable SQLite database ({exc})") from None
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            problem = f"it is not a usable SQLite database ({_text(exc)})"
+            raise _file_error(path, origin, problem) from None
         database = MemoryDatabase(name)
         try:
             source.backup(database.anchor)
             problems = [row[0] for row in database.anchor.execute("PRAGMA quick_check")]
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             database.close()
-            raise _file_error(path, origin, f"it is corrupt ({exc})") from None
+            raise _file_error(path, origin, f"it is corrupt ({_text(exc)})") from None
         if problems != ["ok"]:
             database.close()
             shown = "; ".join(str(p) for p in problems[:5])
@@ -210,6 +212,13 @@ def check_fixture_file(path: Path, *, origin: str) -> bytes:
             f"header; SQLite {sqlite3.sqlite_version} reads formats 1 to 4)",
         )
     return header
+
+
+def _text(exc: Exception) -> str:
+    """SQLite's message; one quoting damaged schema text may not be UTF-8 (``sqlite3`` fails)."""
+    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+        return exc.object.decode("utf-8", "replace")
+    return str(exc)
 
 
 def _file_error(path: Path, origin: str, problem: str) -> FixtureFileError:
