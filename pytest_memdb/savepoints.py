@@ -68,10 +68,18 @@ class _SharedAioConnection(aiosqlite.Connection):
         """Stop the worker thread but keep the shared ``sqlite3`` connection open."""
         if self._connection is None:
             return
-        self._connection = None
         future = self.stop()
         if future is not None:
             await future
+
+    def stop(self) -> asyncio.Future[Any] | None:
+        """Stop the worker thread only, also when aiosqlite calls this from ``__del__``.
+
+        aiosqlite's own ``stop`` closes the ``sqlite3`` connection: here that is the
+        template's shared one, and every later rollback-mode test would find it closed.
+        """
+        self._connection = None
+        return super().stop()
 
 
 class _SharedSyncConnection:
