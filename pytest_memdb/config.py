@@ -118,9 +118,10 @@ class MemdbConfig:
         ini_file = str(config.getini("memdb_file") or "").strip()
         file: Path | None
         if cli_file:
-            file, origin = _resolve(cli_file, cwd), "--memdb-file"
+            file, origin = _resolve(cli_file, cwd, "--memdb-file"), "--memdb-file"
         elif ini_file:
-            file, origin = _resolve(ini_file, base_dir), f"memdb_file in {ini_name}"
+            origin = f"memdb_file in {ini_name}"
+            file = _resolve(ini_file, base_dir, origin)
         else:
             file, origin = None, ""
         cli_metadata = config.getoption("memdb_metadata")
@@ -142,7 +143,7 @@ class MemdbConfig:
         echo = bool(config.getoption("memdb_echo")) or bool(config.getini("memdb_echo"))
         pragmas = parse_pragmas(config.getini("memdb_pragmas"), f"memdb_pragmas in {ini_name}")
         keep = config.getoption("memdb_keep_failed")
-        keep_failed = _resolve(keep, cwd) if keep else None
+        keep_failed = _resolve(keep, cwd, "--memdb-keep-failed") if keep else None
         return cls(
             file,
             origin,
@@ -169,8 +170,8 @@ class MemdbConfig:
             )
         file, file_origin = self.file, self.file_origin
         if kwargs.get("file") is not None:
-            file = _resolve(str(kwargs["file"]), self.base_dir)
             file_origin = "@pytest.mark.memdb(file=...)"
+            file = _resolve(str(kwargs["file"]), self.base_dir, file_origin)
         metadata, metadata_origin = self.metadata, self.metadata_origin
         if kwargs.get("metadata") is not None:
             metadata_origin = "@pytest.mark.memdb(metadata=...)"
@@ -202,7 +203,9 @@ class MemdbConfig:
         if file is None and metadata is None:
             raise MemdbError(f"pytest-memdb: {origin} needs file=... or metadata=... (or both).")
         return Target(
-            file=_resolve(str(file), self.base_dir) if file is not None else None,
+            file=_resolve(str(file), self.base_dir, f"{origin}, file=")
+            if file is not None
+            else None,
             file_origin=f"{origin}, file=",
             isolation=self.isolation
             if isolation is None
@@ -251,7 +254,7 @@ def parse_load(entries: object, origin: str, base_dir: Path) -> tuple[LoadStep, 
         if not entry:
             continue
         if entry.lower().endswith(".sql"):
-            steps.append(LoadStep(entry, origin, script=_resolve(entry, base_dir)))
+            steps.append(LoadStep(entry, origin, script=_resolve(entry, base_dir, origin)))
         elif _DOTTED.match(entry):
             steps.append(LoadStep(entry, origin, callable=entry))
         else:
@@ -263,8 +266,16 @@ def parse_load(entries: object, origin: str, base_dir: Path) -> tuple[LoadStep, 
     return tuple(steps)
 
 
-def _resolve(raw: str, base: Path) -> Path:
-    path = Path(raw).expanduser()
+def _resolve(raw: str, base: Path, origin: str) -> Path:
+    if "\x00" in raw:
+        raise MemdbError(f"pytest-memdb: {origin} got {raw!r}; a path cannot hold a NUL character.")
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # ``~name`` for a user this system does not know
+        raise MemdbError(
+            f"pytest-memdb: {origin} got {raw!r}; {raw.split('/', 1)[0]!r} is not the home "
+            "folder of any user on this system."
+        ) from None
     return path if path.is_absolute() else base / path
 
 

@@ -25,6 +25,8 @@ from urllib.parse import quote
 from pytest_memdb.errors import FixtureFileError
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_PATH_LIMIT = 504
+"""The longest full path SQLite's unix VFS opens, in bytes (measured: 504 opens, 505 does not)."""
 _counter = itertools.count(1)
 
 
@@ -46,9 +48,10 @@ def file_uri(path: Path, *, read_only: bool) -> str:
     """A ``file:`` URI for ``path`` that survives ``?``, ``#``, ``%`` and spaces in it.
 
     Unescaped, ``data/run #1/app.db`` would open (and create!) ``data/run `` instead.
+    Quoted as bytes, so a name that is not valid UTF-8 (``os.fsdecode``'s surrogates) works.
     """
     mode = "?mode=ro" if read_only else ""
-    return f"file:{quote(str(path.resolve()))}{mode}"
+    return f"file:{quote(os.fsencode(path.resolve()))}{mode}"
 
 
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
@@ -183,11 +186,13 @@ def load_file(path: Path, name: str, *, origin: str) -> MemoryDatabase:
 
     The file is opened read-only through a percent-encoded URI and never written.
     A WAL-mode file is first copied, with its ``-wal``, into a private folder where
-    SQLite folds the WAL's rows in, so they are in the copy too. ``origin`` names
-    the option the path came from, for error messages.
+    SQLite folds the WAL's rows in, so they are in the copy too; so is a file whose
+    path is too long for SQLite to open. ``origin`` names the option the path came
+    from, for error messages.
     """
     header = check_fixture_file(path, origin=origin)
-    if header[18:20] == b"\x02\x02":  # read/write format versions 2: WAL mode
+    # Format version 2 (WAL) at byte 18 (write) or 19 (read; SQLite goes by this one).
+    if 2 in header[18:20] or len(os.fsencode(path.resolve())) > SQLITE_PATH_LIMIT:
         with tempfile.TemporaryDirectory(prefix="pytest-memdb-") as scratch:
             readable = _checkpointed_copy(path, Path(scratch), origin=origin)
             return _load(readable, name, path=path, origin=origin)
@@ -212,31 +217,33 @@ def _checkpointed_copy(path: Path, scratch: Path, *, origin: str) -> Path:
             conn.execute("PRAGMA journal_mode=DELETE")
         finally:
             conn.close()
-    except sqlite3.Error as exc:
-        raise _file_error(path, origin, f"it is not a usable SQLite database ({exc})") from None
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        problem = f"it is not a usable SQLite database ({_text(exc)})"
+        raise _file_error(path, origin, problem) from None
     return copy
 
 
 def _load(readable: Path, name: str, *, path: Path, origin: str) -> MemoryDatabase:
     try:
         source = sqlite3.connect(file_uri(readable, read_only=True), uri=True)
-    except sqlite3.Error as exc:
-        raise _file_error(path, origin, f"SQLite cannot open it ({exc})") from None
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        raise _file_error(path, origin, f"SQLite cannot open it ({_text(exc)})") from None
     try:
         try:
             source.execute("SELECT count(*) FROM sqlite_master").fetchone()
             # Read the (read-only) file through a memory map: the backup copies each page
             # once instead of reading it into a page cache first.
             source.execute(f"PRAGMA mmap_size = {max(readable.stat().st_size, 1)}")
-        except (sqlite3.Error, OSError) as exc:
-            raise _file_error(path, origin, f"it is not a usable SQLite database ({exc})") from None
+        except (sqlite3.Error, UnicodeDecodeError, OSError) as exc:
+            problem = f"it is not a usable SQLite database ({_text(exc)})"
+            raise _file_error(path, origin, problem) from None
         database = MemoryDatabase(name)
         try:
             source.backup(database.anchor)
             problems = [row[0] for row in database.anchor.execute("PRAGMA quick_check")]
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             database.close()
-            raise _file_error(path, origin, f"it is corrupt ({exc})") from None
+            raise _file_error(path, origin, f"it is corrupt ({_text(exc)})") from None
         if problems != ["ok"]:
             database.close()
             shown = "; ".join(str(p) for p in problems[:5])
@@ -270,7 +277,23 @@ def check_fixture_file(path: Path, *, origin: str) -> bytes:
         raise _file_error(
             path, origin, f"it is not a SQLite database (its first bytes are {header[:16]!r})"
         )
+    # SQLite itself reads only the low byte of this 4-byte number: 256 would pass as 0.
+    schema_format = int.from_bytes(header[44:48], "big")
+    if schema_format > 4:
+        raise _file_error(
+            path,
+            origin,
+            f"it is in an unsupported file format (schema format {schema_format} in its "
+            f"header; SQLite {sqlite3.sqlite_version} reads formats 1 to 4)",
+        )
     return header
+
+
+def _text(exc: Exception) -> str:
+    """SQLite's message; one quoting damaged schema text may not be UTF-8 (``sqlite3`` fails)."""
+    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+        return exc.object.decode("utf-8", "replace")
+    return str(exc)
 
 
 def _file_error(path: Path, origin: str, problem: str) -> FixtureFileError:

@@ -73,10 +73,18 @@ class _SharedAioConnection(aiosqlite.Connection):
         """Stop the worker thread but keep the shared ``sqlite3`` connection open."""
         if self._connection is None:
             return
-        self._connection = None
         future = self.stop()
         if future is not None:
             await future
+
+    def stop(self) -> asyncio.Future[Any] | None:
+        """Stop the worker thread only, also when aiosqlite calls this from ``__del__``.
+
+        aiosqlite's own ``stop`` closes the ``sqlite3`` connection: here that is the
+        template's shared one, and every later rollback-mode test would find it closed.
+        """
+        self._connection = None
+        return super().stop()
 
 
 class _SharedSyncConnection:
@@ -145,9 +153,19 @@ class SharedConnection:
         return await connection
 
     def begin_test(self) -> None:
-        """Open the outer transaction that teardown will roll back."""
+        """Open the outer transaction that teardown will roll back.
+
+        Each test also gets a new aiosqlite adapter on the shared connection: SQLAlchemy's
+        adapter holds an ``asyncio.Lock`` that binds to the first event loop that waits
+        on it, and the next test runs in another loop ("bound to a different event loop").
+        """
         self.end_test()
+        run_sync(self._renew_async_connection())
         self.raw.execute("BEGIN")
+
+    async def _renew_async_connection(self) -> None:
+        await self.async_engine.dispose()
+        await self._prime_async_pool()
 
     def end_test(self) -> None:
         """Roll everything the test did back, whatever state its sessions were left in."""
