@@ -140,13 +140,17 @@ class SharedConnection:
         self._listen(self.sync_engine, wait=self._wait_blocking)
         # StaticPool makes its one connection lazily; made on first use, fifty concurrent
         # first checkouts would each open their own on the shared sqlite3 connection.
+        event.listen(self.async_engine.sync_engine, "checkout", _unbind_execute_mutex)
+        self._mutex_renewable = False
         run_sync(self._prime_async_pool())
         with self.sync_engine.connect():
             pass
 
     async def _prime_async_pool(self) -> None:
-        async with self.async_engine.connect():
-            pass
+        async with self.async_engine.connect() as conn:
+            adapter = (await conn.get_raw_connection()).dbapi_connection
+            mutex = getattr(adapter, "_execute_mutex", None)
+            self._mutex_renewable = isinstance(mutex, asyncio.Lock)
 
     async def _connect_async(self) -> aiosqlite.Connection:
         connection = _SharedAioConnection(lambda: self.raw, iter_chunk_size=64)
@@ -155,12 +159,16 @@ class SharedConnection:
     def begin_test(self) -> None:
         """Open the outer transaction that teardown will roll back.
 
-        Each test also gets a new aiosqlite adapter on the shared connection: SQLAlchemy's
-        adapter holds an ``asyncio.Lock`` that binds to the first event loop that waits
-        on it, and the next test runs in another loop ("bound to a different event loop").
+        SQLAlchemy's aiosqlite adapter holds an ``asyncio.Lock`` that binds to the first
+        event loop that waits on it, and the next test runs in another loop ("bound to a
+        different event loop"). A checkout gives the adapter a new lock when the old one
+        is bound to another loop (:func:`_unbind_execute_mutex`); where the adapter has no
+        such lock to renew (another SQLAlchemy version), each test gets a new adapter,
+        which costs a worker thread start per test.
         """
         self.end_test()
-        run_sync(self._renew_async_connection())
+        if not self._mutex_renewable:
+            run_sync(self._renew_async_connection())
         self.raw.execute("BEGIN")
 
     async def _renew_async_connection(self) -> None:
@@ -243,6 +251,23 @@ class SharedConnection:
                 raise _locked()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.01)
+
+
+def _unbind_execute_mutex(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Give the aiosqlite adapter a new lock when its lock is bound to another event loop.
+
+    Only an idle lock is replaced: one held right now belongs to a statement in flight.
+    """
+    mutex = getattr(dbapi_connection, "_execute_mutex", None)
+    bound = getattr(mutex, "_loop", None)
+    if bound is None or not isinstance(mutex, asyncio.Lock) or mutex.locked():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if bound is not running:
+        dbapi_connection._execute_mutex = asyncio.Lock()
 
 
 def _locked() -> sqlite3.OperationalError:
