@@ -4,6 +4,9 @@
     nox                      # every set below
     nox -s "tests(oldest)"   # one set (nox -l lists them)
 
+nox looks for ``python3.10`` ... ``python3.13`` on ``PATH``; with pyenv, make them all
+visible first (``PYENV_VERSION=3.10.13:3.11.7:3.12.1:3.13.0 nox``).
+
 Each set installs the project with its ``test`` extra into a fresh virtual environment,
 pins the four runtime dependencies, prints what it got, and runs the whole suite as CI
 does. ``newest`` is also what ``.ci/run`` installs on every change. The lower bounds here
