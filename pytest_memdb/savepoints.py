@@ -82,9 +82,17 @@ class _SharedAioConnection(aiosqlite.Connection):
 
         aiosqlite's own ``stop`` closes the ``sqlite3`` connection: here that is the
         template's shared one, and every later rollback-mode test would find it closed.
+        With ``_connection`` cleared first, it only stops the thread.
+
+        aiosqlite 0.22.0 has no ``stop``; its ``_stop_running`` stops the thread
+        without touching the ``sqlite3`` connection, which is what we want here.
         """
         self._connection = None
-        return super().stop()
+        parent_stop = getattr(super(), "stop", None)
+        if parent_stop is None:  # aiosqlite 0.22.0
+            parent_stop = getattr(self, "_stop_running")  # noqa: B009
+        future: asyncio.Future[Any] | None = parent_stop()
+        return future
 
 
 class _SharedSyncConnection:

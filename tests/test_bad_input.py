@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from pytest_memdb.config import ISOLATION_MODES, parse_isolation
@@ -87,7 +87,13 @@ def read_all(conn: sqlite3.Connection) -> tuple[Any, ...]:
     for kind, name, *_ in schema:
         if kind == b"table":
             quoted = name.decode("utf-8", "replace").replace('"', '""')
-            tables[name] = conn.execute(f'SELECT * FROM "{quoted}"').fetchall()
+            try:
+                tables[name] = conn.execute(f'SELECT * FROM "{quoted}"').fetchall()
+            except UnicodeDecodeError:
+                # A damaged page can leave a column name that is not UTF-8, which
+                # Python's sqlite3 cannot decode; compare the row count instead.
+                count = conn.execute(f'SELECT count(*) FROM "{quoted}"').fetchone()
+                tables[name] = [("column names not UTF-8", count)]
     pragmas = [
         conn.execute(f"PRAGMA {name}").fetchone()[0]
         for name in ("user_version", "application_id", "encoding", "page_size")
@@ -179,6 +185,7 @@ def damaged(data: bytes, how: tuple[str, Any]) -> bytes:
 
 @settings(max_examples=800, deadline=None)
 @given(how=damage)
+@example(how=("pages", [(0.032072508854712474, 128)]))  # a column name that is not UTF-8
 def test_damaged_file_errors_specifically_or_copies_faithfully(how: tuple[str, Any]) -> None:
     data = damaged(source(), how)
     with fresh_folder() as folder:

@@ -333,19 +333,20 @@ def test_assert_max_fails_listing_the_statements(library: pytest.Pytester, isola
     library.makepyfile(test_n_plus_one=N_PLUS_ONE)
     result = library.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
+    # SQLAlchemy 2.0.30 labels a lazy load's columns ("book.id AS book_id"); newer ones do not.
     result.stdout.fnmatch_lines(
         [
             "*_ test_catches_the_n_plus_one _*",
             "Expected at most 2 queries on the test database, but 4 were run:",
             "1. SELECT author.id, author.name ",
             "FROM author ORDER BY author.id",
-            "2. SELECT book.id, book.title, book.author_id ",
+            "2. SELECT book.id*, book.title*, book.author_id*",
             "FROM book ",
             "WHERE ? = book.author_id",
-            "3. SELECT book.id, book.title, book.author_id ",
+            "3. SELECT book.id*, book.title*, book.author_id*",
             "FROM book ",
             "WHERE ? = book.author_id",
-            "4. SELECT book.id, book.title, book.author_id ",
+            "4. SELECT book.id*, book.title*, book.author_id*",
             "FROM book ",
             "WHERE ? = book.author_id",
             "*= short test summary info =*",
