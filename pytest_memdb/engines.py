@@ -17,6 +17,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
+from pytest_memdb.statements import leading_verb
 
 BUSY_TIMEOUT_S = 5.0
 """How long a connection waits for another one's write lock, as ``sqlite3``'s default."""
@@ -94,17 +95,7 @@ def leaves_connection_state(statement: str) -> bool:
     ``CREATE TEMP ...`` outlive the transaction on that one connection; every other DDL
     is counted too (it is rare in tests, and a ``CREATE TABLE temp.x`` is DDL as well).
     """
-    rest = statement
-    while True:  # skip leading whitespace, parentheses and comments
-        rest = rest.lstrip(" \t\r\n(;")
-        if rest.startswith("--"):
-            rest = rest.partition("\n")[2]
-        elif rest.startswith("/*"):
-            rest = rest.partition("*/")[2]
-        else:
-            break
-    words = rest.split(None, 1)
-    return bool(words) and words[0].upper() in _STATEFUL_VERBS
+    return leading_verb(statement) in _STATEFUL_VERBS
 
 
 class EnginePair:

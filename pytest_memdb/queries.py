@@ -18,6 +18,8 @@ import pytest
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection
 
+from pytest_memdb.statements import leading_verb
+
 TRANSACTION_CONTROL = frozenset({"BEGIN", "SAVEPOINT", "RELEASE", "COMMIT", "ROLLBACK", "END"})
 """Not counted: they differ between isolation modes while the test's work does not."""
 
@@ -94,8 +96,8 @@ def _stop(captured: CapturedQueries) -> None:
 def _record(
     conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
 ) -> None:
-    words = statement.lstrip(" \t\r\n(").split(None, 1)
-    if not words or words[0].upper() in TRANSACTION_CONTROL:
+    verb = leading_verb(statement)
+    if not verb or verb in TRANSACTION_CONTROL:
         return
     url = str(conn.engine.url)
     for captured in list(_active):

@@ -44,6 +44,7 @@ from pytest_memdb.dumps import save_connection_view
 from pytest_memdb.engines import BUSY_TIMEOUT_S
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
+from pytest_memdb.statements import leading_verb
 
 _await = getattr(util, "await_", None) or util.await_only
 _READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})
@@ -51,10 +52,9 @@ _READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})
 
 def is_write(statement: str) -> bool:
     """Whether ``statement`` may change the database (and so needs a savepoint)."""
-    words = statement.lstrip(" \t\r\n(").split(None, 1)
-    if not words:
+    verb = leading_verb(statement)
+    if not verb:
         return False
-    verb = words[0].upper()
     if verb == "PRAGMA":
         return "=" in statement
     return verb not in _READ_VERBS
@@ -146,10 +146,10 @@ class SharedConnection:
         )
         self._listen(self.async_engine.sync_engine, wait=self._wait_async)
         self._listen(self.sync_engine, wait=self._wait_blocking)
-        # StaticPool makes its one connection lazily; made on first use, fifty concurrent
-        # first checkouts would each open their own on the shared sqlite3 connection.
         event.listen(self.async_engine.sync_engine, "checkout", _unbind_execute_mutex)
         self._mutex_renewable = False
+        # StaticPool makes its one connection lazily; made on first use, fifty concurrent
+        # first checkouts would each open their own on the shared sqlite3 connection.
         run_sync(self._prime_async_pool())
         with self.sync_engine.connect():
             pass
