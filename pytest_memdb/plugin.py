@@ -138,7 +138,7 @@ def pytest_runtest_makereport(
     report = yield
     settings = item.config.stash.get(settings_key, None)
     if settings is not None and settings.keep_failed is not None and report.failed:
-        from pytest_memdb.dumps import keep_databases
+        from pytest_memdb.keep_failed import keep_databases
 
         held = item.stash.get(open_handles_key, [])
         lines = keep_databases(held, settings.keep_failed, item)

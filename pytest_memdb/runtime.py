@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from pytest_memdb._loop import run_sync
 from pytest_memdb.engines import EnginePair
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.memory import MemoryDatabase, load_file, unique_name
+from pytest_memdb.loading import load_file
+from pytest_memdb.memory import MemoryDatabase, unique_name
 from pytest_memdb.pragmas import Pragmas, parse_pragmas
 
 

@@ -21,7 +21,8 @@ from sqlalchemy.pool import StaticPool
 
 from pytest_memdb.config import LoadStep, Target
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.memory import MemoryDatabase, load_file
+from pytest_memdb.loading import load_file
+from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 
 TemplateHook = Callable[[Connection, Target], None]

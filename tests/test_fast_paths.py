@@ -364,7 +364,7 @@ def test_statements_that_leave_connection_state_are_recognised(
 
 
 def _template(tmp_path_factory: pytest.TempPathFactory) -> MemoryDatabase:
-    from pytest_memdb.memory import load_file
+    from pytest_memdb.loading import load_file
 
     path = make_sqlite(tmp_path_factory.mktemp("fast") / "app.sqlite")
     return load_file(path, unique_name("test", "fast"), origin="test")
