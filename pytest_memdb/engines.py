@@ -1,54 +1,77 @@
-"""SQLAlchemy engines on an in-memory database (imports SQLAlchemy: load lazily).
+"""SQLAlchemy engines on an in-memory database, and what a test may leave on them.
 
-Engines here are safe to use from any event loop and thread: aiosqlite runs each
-call on its own worker thread and answers on the caller's loop, and the pool
-never makes a caller wait (``pool_size=0`` means "no limit"), which is the only
-time SQLAlchemy's async pool binds itself to one loop. That lets Starlette's
-``TestClient`` run the app in its portal thread on our sessions.
+Imports SQLAlchemy: load lazily. Engines here are safe to use from any event loop and
+thread: aiosqlite runs each call on its own worker thread and answers on the caller's
+loop, and the pool never makes a caller wait (``pool_size=0`` means "no limit"), which
+is the only time SQLAlchemy's async pool binds itself to one loop. That lets
+Starlette's ``TestClient`` run the app in its portal thread on our sessions.
+
+The engines outlive the test that was handed them (their pooled connections and
+SQLAlchemy's compiled-statement cache serve every test), so :class:`EnginePair` also
+keeps each test from reaching the next through them:
+
+* connections checked out and never given back are closed at the test's end (their
+  pending writes rolled back);
+* per-connection state (a PRAGMA, ``ATTACH``, a temp table, a function registered on
+  the driver connection) empties the pools (:mod:`pytest_memdb.connections`);
+* event listeners a test added to an engine, its pool or its dialect are found by
+  comparing the listeners with those the engine was made with, and the engines are then
+  replaced by new ones, so they never fire in a later test;
+* a ``connect`` listener added while connections are pooled would not fire for them, as
+  it would on a fresh engine: a checkout notices and makes the pool open a new one;
+* an invalidated connection (SQLAlchemy invalidates one whose statement was cancelled,
+  by ``asyncio.wait_for`` or a timeout) is interrupted first, so the statement stops
+  instead of running on in its worker thread with a lock held.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import aiosqlite
+from sqlalchemy import Engine, create_engine, event, exc, util
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
+from pytest_memdb.connections import (
+    BUSY_TIMEOUT_S,
+    TrackedConnection,
+    connect,
+    leaves_connection_state,
+)
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
-from pytest_memdb.statements import leading_verb
 
-BUSY_TIMEOUT_S = 5.0
-"""How long a connection waits for another one's write lock, as ``sqlite3``'s default."""
+__all__ = ["BUSY_TIMEOUT_S", "EnginePair", "leaves_connection_state"]
 
 
-def async_engine(database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> AsyncEngine:
-    """An aiosqlite engine whose every connection opens ``database`` by name."""
-    engine = create_async_engine(
-        database.async_url,
-        echo=echo,
-        poolclass=AsyncAdaptedQueuePool,
-        pool_size=0,
-        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
-    )
-    set_pragmas_on_connect(engine.sync_engine, pragmas)
-    explain_lock_errors(engine.sync_engine)
-    return engine
+class MemdbAioConnection(aiosqlite.Connection):
+    """aiosqlite's connection, knowing the tracked ``sqlite3`` connection it runs on."""
+
+    memdb_raw: TrackedConnection | None = None
 
 
-def sync_engine(database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> Engine:
-    """A stdlib-``sqlite3`` engine on ``database``, for sync tests and set-up code."""
-    engine = create_engine(
-        database.sync_url,
-        echo=echo,
-        poolclass=QueuePool,
-        pool_size=0,
-        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
-    )
-    set_pragmas_on_connect(engine, pragmas)
-    explain_lock_errors(engine)
-    return engine
+def raw_connection(dbapi_connection: object) -> TrackedConnection | None:
+    """The tracked ``sqlite3`` connection under a pool's DBAPI connection, sync or async."""
+    if isinstance(dbapi_connection, TrackedConnection):
+        return dbapi_connection
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    raw = getattr(driver, "memdb_raw", None)
+    return raw if isinstance(raw, TrackedConnection) else None
+
+
+async def open_aio(uri: str) -> MemdbAioConnection:
+    """A new aiosqlite connection on a tracked ``sqlite3`` connection to ``uri``."""
+    made: list[TrackedConnection] = []
+
+    def connector() -> TrackedConnection:
+        made.append(connect(uri))
+        return made[0]
+
+    connection = MemdbAioConnection(connector, iter_chunk_size=64)
+    await connection
+    connection.memdb_raw = made[0]
+    return connection
 
 
 LOCK_HINT = (
@@ -72,30 +95,18 @@ def explain_lock_errors(engine: Engine) -> None:
     event.listen(engine, "handle_error", handle_error)
 
 
-def set_pragmas_on_connect(engine: Engine, pragmas: Pragmas) -> None:
-    """Apply ``memdb_pragmas`` to each new DBAPI connection, before any transaction."""
-    if not pragmas:
-        return
+def listeners(engine: Engine) -> tuple[object, ...]:
+    """Every listener on ``engine``, its pool and its dialect, as one comparable value.
 
-    def connect(dbapi_connection: Any, record: Any) -> None:
-        apply_pragmas(dbapi_connection, pragmas)
-
-    event.listen(engine, "connect", connect)
-
-
-_STATEFUL_VERBS = frozenset(
-    {"PRAGMA", "ATTACH", "DETACH", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE"}
-)
-
-
-def leaves_connection_state(statement: str) -> bool:
-    """Whether ``statement`` may leave state on the connection that ran it, or change the schema.
-
-    ``PRAGMA`` (``foreign_keys``, ``journal_mode``, ...), ``ATTACH``/``DETACH`` and
-    ``CREATE TEMP ...`` outlive the transaction on that one connection; every other DDL
-    is counted too (it is rare in tests, and a ``CREATE TABLE temp.x`` is DDL as well).
+    SQLAlchemy has no public way to list them; each ``dispatch`` names its events in
+    ``_event_names`` (unchanged since SQLAlchemy 1.4). About 12 us per engine.
     """
-    return leading_verb(statement) in _STATEFUL_VERBS
+    found: list[object] = []
+    for target in (engine, engine.pool, engine.dialect):
+        dispatch: Any = target.dispatch
+        for name in getattr(dispatch, "_event_names", ()):
+            found.append(tuple(getattr(dispatch, name)))
+    return tuple(found)
 
 
 class EnginePair:
@@ -103,7 +114,8 @@ class EnginePair:
 
     With ``watch_state``, every statement run through either engine is looked at, and
     :attr:`stateful` turns True once one of them may have left per-connection state
-    (see :func:`leaves_connection_state`): pooled connections must then not be reused.
+    (see :func:`leaves_connection_state`), or a function was registered on a connection
+    a test was handed: pooled connections must then not be reused.
     """
 
     def __init__(
@@ -120,36 +132,125 @@ class EnginePair:
         self._watch = watch_state
         self._async: AsyncEngine | None = None
         self._sync: Engine | None = None
+        self._baseline: dict[int, tuple[object, ...]] = {}
+        self._out: dict[int, ConnectionPoolEntry] = {}
         self.stateful = False
 
     @property
     def async_engine(self) -> AsyncEngine:
         if self._async is None:
-            self._async = async_engine(self._database, echo=self._echo, pragmas=self._pragmas)
-            self._watch_engine(self._async.sync_engine)
+            uri = self._database.sqlite_uri
+            self._async = create_async_engine(
+                self._database.async_url,
+                echo=self._echo,
+                poolclass=AsyncAdaptedQueuePool,
+                pool_size=0,
+                async_creator=lambda: open_aio(uri),
+            )
+            self._prepare(self._async.sync_engine)
         return self._async
 
     @property
     def sync_engine(self) -> Engine:
         if self._sync is None:
-            self._sync = sync_engine(self._database, echo=self._echo, pragmas=self._pragmas)
-            self._watch_engine(self._sync)
+            uri = self._database.sqlite_uri
+            self._sync = create_engine(
+                self._database.sync_url,
+                echo=self._echo,
+                poolclass=QueuePool,
+                pool_size=0,
+                creator=lambda: connect(uri),
+            )
+            self._prepare(self._sync)
         return self._sync
 
-    def _watch_engine(self, engine: Engine) -> None:
-        if not self._watch:
-            return
+    def _engines(self) -> list[Engine]:
+        made = [self._async.sync_engine if self._async is not None else None, self._sync]
+        return [engine for engine in made if engine is not None]
 
-        def before_cursor_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if not self.stateful and leaves_connection_state(statement):
-                self.stateful = True
+    def _prepare(self, engine: Engine) -> None:
+        pragmas = self._pragmas
 
-        event.listen(engine, "before_cursor_execute", before_cursor_execute)
+        def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            if pragmas:
+                apply_pragmas(dbapi_connection, pragmas)
+            record.info["memdb_connect"] = tuple(engine.pool.dispatch.connect)
+
+        def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+            if record.info.get("memdb_connect") != tuple(engine.pool.dispatch.connect):
+                # A connect listener came (or went) since this connection was made.
+                raise exc.DisconnectionError("pytest-memdb: connect listeners changed")
+            raw = raw_connection(dbapi_connection)
+            if raw is not None and raw.memdb_on_state is None:
+                raw.arm(self._state_left)
+            self._out[id(record)] = record
+
+        def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            self._out.pop(id(record), None)
+
+        def on_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry, error: Any) -> None:
+            self._out.pop(id(record), None)
+            raw = raw_connection(dbapi_connection)
+            if raw is not None:
+                raw.interrupt()  # a cancelled statement may still run in its worker thread
+
+        event.listen(engine, "connect", on_connect)
+        event.listen(engine, "checkout", on_checkout)
+        event.listen(engine, "checkin", on_checkin)
+        event.listen(engine, "invalidate", on_invalidate)
+        event.listen(engine, "soft_invalidate", on_invalidate)
+        explain_lock_errors(engine)
+        if self._watch:
+
+            def before_cursor_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                if not self.stateful and leaves_connection_state(statement):
+                    self.stateful = True
+
+            event.listen(engine, "before_cursor_execute", before_cursor_execute)
+        self._baseline[id(engine)] = listeners(engine)
+
+    def _state_left(self) -> None:
+        self.stateful = True
+
+    def close_leftovers(self) -> None:
+        """Close every connection a test took from the pools and never gave back.
+
+        A test that ends (fails, is skipped, is interrupted) with a session it never
+        closed keeps a pooled connection, and with it any write still pending: in
+        ``session`` mode that write lock would make every later test wait for the busy
+        timeout; in ``copy`` mode it would keep the working database locked. Closing the
+        connection rolls the pending write back.
+        """
+        leftovers, self._out = list(self._out.values()), {}
+        if leftovers:
+            from pytest_memdb._loop import run_sync
+
+            run_sync(util.greenlet_spawn(_invalidate, leftovers))
+
+    def listeners_changed(self) -> bool:
+        """Whether a listener was added to (or removed from) an engine since it was made."""
+        return any(listeners(engine) != self._baseline[id(engine)] for engine in self._engines())
+
+    async def settle(self) -> None:
+        """After a test: new engines if it changed their listeners, empty pools if it left
+        per-connection state; otherwise nothing (the pools and caches serve the next test)."""
+        if self.listeners_changed():
+            await self.aclose()
+            self._async = self._sync = None
+            self._baseline.clear()
+        elif self.stateful:
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Close every pooled connection, so the database can be freed (engines stay usable)."""
         self.stateful = False
+        self._out.clear()
         if self._async is not None:
             await self._async.dispose()
         if self._sync is not None:
             self._sync.dispose()
+
+
+def _invalidate(entries: list[ConnectionPoolEntry]) -> None:
+    for entry in entries:
+        entry.invalidate()

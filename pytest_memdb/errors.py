@@ -13,3 +13,11 @@ class MemdbError(Exception):
 
 class FixtureFileError(MemdbError):
     """The configured SQLite fixture file cannot be used as a template."""
+
+
+class IsolationError(MemdbError):
+    """A test escaped its isolation; the database was restored, and the test is reported.
+
+    Raised when the test's database is handed back (its teardown), after the plugin made
+    the database equal to the template again, so later tests are not affected.
+    """

@@ -7,27 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
-from sqlalchemy import Engine, event, orm, util
+from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry
 
-from pytest_memdb._loop import run_sync
 from pytest_memdb.config import Isolation
 from pytest_memdb.dumps import save_committed
+from pytest_memdb.isolation import EngineSource
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.queries import QueryCounter
-
-
-class EngineSource(Protocol):
-    """Where a handle's engines come from (an :class:`EnginePair` or a rollback connection)."""
-
-    @property
-    def async_engine(self) -> AsyncEngine: ...
-
-    @property
-    def sync_engine(self) -> Engine: ...
 
 
 class MemdbHandle:
@@ -58,12 +46,6 @@ class MemdbHandle:
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._sync_sessionmaker: orm.sessionmaker[orm.Session] | None = None
         self._closed = False
-        # Rollback mode's one shared connection is rolled back at teardown instead.
-        self._watch = (
-            None
-            if isolation == "rollback"
-            else CheckoutWatch([engines.async_engine.sync_engine, engines.sync_engine])
-        )
 
     @property
     def name(self) -> str:
@@ -122,53 +104,14 @@ class MemdbHandle:
         return save_committed(self.database, path)
 
     def close(self) -> None:
-        """Undo or free this test's database; safe to call twice."""
+        """Hand the database back (undone, as the isolation mode says); safe to call twice.
+
+        Raises :class:`~pytest_memdb.errors.IsolationError` when the test escaped its
+        isolation, after the database was made equal to the template again.
+        """
         if not self._closed:
             self._closed = True
-            try:
-                if self._watch is not None:
-                    self._watch.close_leftovers()
-            finally:
-                self._release()
+            self._release()
 
     def __repr__(self) -> str:
         return f"<MemdbHandle {self.name} isolation={self.isolation} source={str(self.source)!r}>"
-
-
-class CheckoutWatch:
-    """Connections a test takes from its engines' pools; those never given back are closed.
-
-    A test that ends (fails, is skipped, is interrupted) with a session it never closed
-    keeps a pooled connection, and with it any write still pending: in ``session`` mode
-    that write lock would make every later test wait for the busy timeout and fail with
-    "database is locked"; in ``copy`` mode the connection would keep its copy's memory
-    and its aiosqlite thread. Closing the connection rolls the pending write back.
-    """
-
-    def __init__(self, engines: list[Engine]) -> None:
-        self._pools = [engine.pool for engine in engines]
-        self._out: dict[int, ConnectionPoolEntry] = {}
-        for pool in self._pools:
-            event.listen(pool, "checkout", self._checkout)
-            event.listen(pool, "checkin", self._checkin)
-
-    def _checkout(self, dbapi_conn: object, record: ConnectionPoolEntry, proxy: object) -> None:
-        self._out[id(record)] = record
-
-    def _checkin(self, dbapi_conn: object, record: ConnectionPoolEntry) -> None:
-        self._out.pop(id(record), None)
-
-    def close_leftovers(self) -> None:
-        """Stop watching; close every connection still checked out (safe to call twice)."""
-        for pool in self._pools:
-            if event.contains(pool, "checkout", self._checkout):
-                event.remove(pool, "checkout", self._checkout)
-                event.remove(pool, "checkin", self._checkin)
-        leftovers, self._out = list(self._out.values()), {}
-        if leftovers:
-            run_sync(util.greenlet_spawn(_invalidate, leftovers))
-
-
-def _invalidate(entries: list[ConnectionPoolEntry]) -> None:
-    for entry in entries:
-        entry.invalidate()

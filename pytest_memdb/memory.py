@@ -58,10 +58,19 @@ class DatabaseInUse(Exception):
 
 
 class MemoryDatabase:
-    """One shared in-memory database, alive exactly as long as this object is open."""
+    """One in-memory database, alive exactly as long as this object is open.
 
-    def __init__(self, name: str) -> None:
+    A *shared* database (the default) is reached by name by every connection in the
+    process, which is how engines, apps and the plugin all see one test's database. A
+    *private* one (``shared=False``, a name without the leading ``/``) exists only for its
+    anchor connection: another connection opening the same name gets an empty database
+    of its own. Templates are private, so nothing but the plugin's own backups can read
+    them, and nothing at all can write them.
+    """
+
+    def __init__(self, name: str, *, shared: bool = True) -> None:
         self.name = name
+        self.shared = shared
         self._closed = False
         self.anchor: sqlite3.Connection = sqlite3.connect(
             self.sqlite_uri, uri=True, check_same_thread=False
@@ -70,7 +79,7 @@ class MemoryDatabase:
     @property
     def sqlite_uri(self) -> str:
         """The URI ``sqlite3.connect(..., uri=True)`` takes to reach this database."""
-        return f"file:/{self.name}?vfs=memdb"
+        return f"file:{'/' if self.shared else ''}{self.name}?vfs=memdb"
 
     @property
     def async_url(self) -> str:
@@ -81,6 +90,12 @@ class MemoryDatabase:
     def sync_url(self) -> str:
         """The SQLAlchemy URL for ``create_engine`` (the stdlib driver)."""
         return f"sqlite:///{self.sqlite_uri}&uri=true"
+
+    def writes(self) -> tuple[int, int]:
+        """What moves when this database is written through its anchor (the only way into
+        a private one): the anchor's ``total_changes`` and the schema cookie."""
+        cookie = int(self.anchor.execute("PRAGMA schema_version").fetchone()[0])
+        return self.anchor.total_changes, cookie
 
     def copy(self, name: str) -> MemoryDatabase:
         """A new database with this one's content, via SQLite's page-level backup.
@@ -111,6 +126,19 @@ class MemoryDatabase:
         self.anchor.execute("PRAGMA busy_timeout = 0")
         self.anchor.execute("PRAGMA journal_mode = OFF")
         self.anchor.execute("PRAGMA cache_size = 10")
+
+    def is_free(self) -> bool:
+        """Whether no other connection holds a lock (an open read or write) on this database.
+
+        Asks for an exclusive lock without waiting (needs :meth:`prepare_for_restores`),
+        and gives it back at once: a few microseconds.
+        """
+        try:
+            self.anchor.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError:
+            return False
+        self.anchor.execute("COMMIT")
+        return True
 
     def data_version(self) -> int | None:
         """SQLite's ``PRAGMA data_version`` as the anchor sees it, or None while another

@@ -6,126 +6,123 @@ Imports SQLAlchemy: load it lazily.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_memdb._loop import run_sync
-from pytest_memdb.config import MemdbConfig, Target
-from pytest_memdb.copies import CopySlot
-from pytest_memdb.engines import EnginePair
-from pytest_memdb.errors import MemdbError
+from pytest_memdb.config import Isolation, MemdbConfig, Target
+from pytest_memdb.errors import IsolationError, MemdbError
+from pytest_memdb.isolation import ESCAPED, STRATEGIES, Strategy
 from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.memory import MemoryDatabase, unique_name
 from pytest_memdb.pragmas import Pragmas
-from pytest_memdb.savepoints import SharedConnection
 from pytest_memdb.templates import TemplateHook, build_template
+from pytest_memdb.working import WorkingDatabase
 
 
-@dataclass
 class Template:
-    """A template built once, and what rollback and session modes keep of it.
+    """A template built once, never written again, and the working databases made from it.
 
-    The template itself stays as it was built: ``copy`` tests copy it, ``rollback``
-    tests work on it inside a transaction that is always rolled back, and
-    ``session`` tests share a separate copy whose writes persist.
+    The template is a private in-memory database (see :class:`MemoryDatabase`): no test,
+    app or engine can reach it, and after every test :meth:`check_unchanged` proves that
+    nothing wrote it. ``copy`` and ``rollback`` tests share one :class:`WorkingDatabase`,
+    ``session`` tests have their own (:mod:`pytest_memdb.isolation`).
     """
 
-    source: Path | None
-    database: MemoryDatabase
-    echo: bool
-    worker: str
-    label: str
-    """Readable part of the names of this template's databases (file stem or fixture)."""
-    pragmas: Pragmas = ()
-    _shared: SharedConnection | None = field(default=None, init=False)
-    _session_db: MemoryDatabase | None = field(default=None, init=False)
-    _session_engines: EnginePair | None = field(default=None, init=False)
-    _copy_slot: CopySlot | None = field(default=None, init=False)
+    def __init__(
+        self,
+        source: Path | None,
+        database: MemoryDatabase,
+        *,
+        echo: bool,
+        worker: str,
+        label: str,
+        pragmas: Pragmas = (),
+    ) -> None:
+        self.source = source
+        self.database = database
+        self.echo = echo
+        self.worker = worker
+        self.label = label
+        """Readable part of the names of this template's databases (file stem or fixture)."""
+        self.pragmas = pragmas
+        self._working: WorkingDatabase | None = None
+        self._session: WorkingDatabase | None = None
+        self._as_built = database.writes()
 
-    def open_copy(self) -> MemdbHandle:
-        """A copy of the template as it was built, for one test.
-
-        The copies take turns in one :class:`~pytest_memdb.copies.CopySlot`, under one
-        name, restored in place only when the previous test changed something; the
-        engines, their pooled connections and SQLAlchemy's compiled-statement cache serve
-        every test instead of starting over (see :mod:`pytest_memdb.copies`).
-        """
-        if self._copy_slot is None:
-            self._copy_slot = CopySlot(
-                self.database, self._new_copy_name(), echo=self.echo, pragmas=self.pragmas
-            )
-            self._copy_slot.in_use = True
-            slot: CopySlot | None = self._copy_slot
-        else:
-            slot = self._copy_slot if self._copy_slot.take() else None
-        if slot is not None:
-            return self._copy_handle(slot.database, slot.engines, slot.release)
-        # A connection an earlier test leaked still holds the slot's copy: go around it.
-        database = self.database.copy(self._new_copy_name())
-        engines = self._engines(database)
-
-        def release() -> None:
-            try:
-                run_sync(engines.aclose())
-            finally:
-                database.close()
-
-        return self._copy_handle(database, engines, release)
-
-    def _new_copy_name(self) -> str:
-        return unique_name(self.worker, self.label, "copy")
-
-    def _engines(self, database: MemoryDatabase) -> EnginePair:
-        return EnginePair(database, echo=self.echo, pragmas=self.pragmas)
-
-    def _copy_handle(
-        self, database: MemoryDatabase, engines: EnginePair, release: Callable[[], None]
-    ) -> MemdbHandle:
+    def open(self, isolation: Isolation) -> MemdbHandle:
+        """A database for one test, equal to the template as built (except in ``session``)."""
+        strategy = STRATEGIES[isolation]
+        working = self._take(strategy)
+        engines, save = strategy.begin(working)
         return MemdbHandle(
-            database=database,
+            database=working.database,
             source=self.source,
-            isolation="copy",
+            isolation=isolation,
             engines=engines,
-            release=release,
+            release=lambda: self._end(strategy, working),
+            save=save,
         )
 
-    def open_rollback(self) -> MemdbHandle:
-        if self._shared is None:
-            self._shared = SharedConnection(self.database, echo=self.echo, pragmas=self.pragmas)
-        self._shared.begin_test()
-        return MemdbHandle(
-            database=self.database,
-            source=self.source,
-            isolation="rollback",
-            engines=self._shared,
-            release=self._shared.end_test,
-            save=self._shared.save,
-        )
+    def _take(self, strategy: Strategy) -> WorkingDatabase:
+        if not strategy.restores:
+            if self._session is None:
+                self._session = self._new_working("session")
+            return self._session
+        working = self._working
+        if working is not None:
+            if working.make_equal():
+                return working
+            self._abandon(working)
+        self._working = self._new_working("copy")
+        return self._working
 
-    def open_session(self) -> MemdbHandle:
-        if self._session_db is None or self._session_engines is None:
-            self._session_db = self.database.copy(unique_name(self.worker, self.label, "session"))
-            self._session_engines = self._engines(self._session_db)
-        return MemdbHandle(
-            database=self._session_db,
-            source=self.source,
-            isolation="session",
-            engines=self._session_engines,
-            release=lambda: None,
-        )
+    def _end(self, strategy: Strategy, working: WorkingDatabase) -> None:
+        """The one way out of every test: the strategy's step, then put everything back."""
+        escape = None
+        try:
+            working.engines.close_leftovers()
+            escape = strategy.end(working)
+            if working.needs_settling():
+                run_sync(working.settle())
+            working.reuses += not working.changed()
+            if strategy.restores and working is self._working and not working.make_equal():
+                # A connection the test leaked holds a lock: the next test gets a new one.
+                self._abandon(working)
+        finally:
+            self.check_unchanged()
+        if escape is not None:
+            raise IsolationError(ESCAPED.format(how=escape))
+
+    def _new_working(self, role: str) -> WorkingDatabase:
+        name = unique_name(self.worker, self.label, role)
+        return WorkingDatabase(self.database, name, echo=self.echo, pragmas=self.pragmas)
+
+    def _abandon(self, working: WorkingDatabase) -> None:
+        """Leave a working database to the leaked connection that holds it; free ours."""
+        if working is self._working:
+            self._working = None
+        run_sync(working.aclose())
+
+    def check_unchanged(self) -> None:
+        """Fail loudly if anything wrote the template since it was built.
+
+        Only the plugin holds a connection to it (its anchor), so this guards the
+        plugin's own code: the anchor's ``total_changes`` and the schema cookie.
+        """
+        if self.database.writes() != self._as_built:
+            raise MemdbError(
+                f"pytest-memdb: the template {self.database.name} was written after it was "
+                "built (during this test), so later tests would not start from it. This is "
+                "a bug in pytest-memdb: please report it with this test."
+            )
 
     async def aclose(self) -> None:
         try:
-            if self._shared is not None:
-                await self._shared.aclose()
-            if self._session_engines is not None:
-                await self._session_engines.aclose()
-            if self._copy_slot is not None:
-                await self._copy_slot.aclose()
+            for working in (self._working, self._session):
+                if working is not None:
+                    await working.aclose()
         finally:
-            if self._session_db is not None:
-                self._session_db.close()
+            self._working = self._session = None
             self.database.close()
 
 
@@ -143,12 +140,7 @@ class MemdbRegistry:
 
     def open(self, target: Target) -> MemdbHandle:
         """This test's database, isolated as ``target.isolation`` says."""
-        template = self.template(target)
-        if target.isolation == "rollback":
-            return template.open_rollback()
-        if target.isolation == "session":
-            return template.open_session()
-        return template.open_copy()
+        return self.template(target).open(target.isolation)
 
     def template(self, target: Target) -> Template:
         """The template ``target`` describes; one that failed to build fails fast after."""
@@ -173,10 +165,10 @@ class MemdbRegistry:
             self._templates[key] = Template(
                 target.file.resolve() if target.file is not None else None,
                 database,
-                self.settings.echo,
-                self.worker,
-                label,
-                self.settings.pragmas,
+                echo=self.settings.echo,
+                worker=self.worker,
+                label=label,
+                pragmas=self.settings.pragmas,
             )
         return self._templates[key]
 

@@ -1,18 +1,30 @@
 """Rollback isolation: one connection, one outer transaction per test, savepoints inside.
 
-Every engine and session of a rollback-mode template goes through one
-``sqlite3`` connection opened with ``isolation_level=None``, so the driver never
-issues ``BEGIN``/``COMMIT`` on its own (the "pysqlite SAVEPOINT leak" in
-SQLAlchemy's SQLite docs: with the driver in charge, a committed savepoint can
-end up committed for real). We emit the SQL ourselves:
+Every engine and session of a rollback-mode test goes through one ``sqlite3``
+connection to the template's *working database* (a copy, never the template itself),
+opened with ``isolation_level=None``, so the driver never issues ``BEGIN``/``COMMIT``
+on its own (the "pysqlite SAVEPOINT leak" in SQLAlchemy's SQLite docs: with the driver
+in charge, a committed savepoint can end up committed for real). We emit the SQL
+ourselves:
 
-* at test start, ``BEGIN`` (the outer transaction); at teardown, ``ROLLBACK``;
+* at test start, ``BEGIN`` and ``SAVEPOINT memdb_outer`` (the outer transaction, and a
+  mark that proves at teardown it is still ours); at teardown, ``ROLLBACK``;
 * when a SQLAlchemy connection first *writes* in its transaction, it takes the
-  template's write lock and emits ``SAVEPOINT``; its ``commit()`` becomes
+  connection's write lock and emits ``SAVEPOINT``; its ``commit()`` becomes
   ``RELEASE`` and its ``rollback()`` becomes ``ROLLBACK TO`` + ``RELEASE``;
 * the driver-level ``commit()``/``rollback()`` and ``close()`` are no-ops, so
   neither SQLAlchemy's pool reset nor an app's ``engine.dispose()`` can end the
   outer transaction or close the shared connection.
+
+SQLite can still end the outer transaction itself: a ``ROLLBACK``, ``COMMIT`` or ``END``
+the test runs as text, ``INSERT OR ROLLBACK`` on a conflict, a trigger's
+``RAISE(ROLLBACK, ...)``, an interrupted write. After every statement (and every
+failed one) the connection is checked; when its transaction is gone, the escape is
+recorded with the statement that caused it, and a new outer transaction is opened at
+once so the test's later writes are contained again. Teardown checks once more
+(``memdb_outer`` must still be there, for escapes behind SQLAlchemy's back) and
+:meth:`SharedConnection.end_test` returns what happened, so the plugin can restore the
+working database and report the test.
 
 The write lock keeps savepoints strictly nested when several sessions of one
 test run concurrently (SQLite's ``RELEASE`` of an outer name would otherwise
@@ -33,21 +45,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-from sqlalchemy import Engine, create_engine, event, util
+from sqlalchemy import Engine, create_engine, event, exc, util
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from pytest_memdb._loop import run_sync
+from pytest_memdb.connections import BUSY_TIMEOUT_S, connect, leaves_connection_state
 from pytest_memdb.dumps import save_connection_view
-from pytest_memdb.engines import BUSY_TIMEOUT_S
+from pytest_memdb.engines import MemdbAioConnection, listeners
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 from pytest_memdb.statements import leading_verb
 
 _await = getattr(util, "await_", None) or util.await_only
 _READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})
+OUTER = "memdb_outer"
+_LISTENERS_CHANGED = "pytest-memdb: connect listeners changed"
 
 
 def is_write(statement: str) -> bool:
@@ -60,7 +74,7 @@ def is_write(statement: str) -> bool:
     return verb not in _READ_VERBS
 
 
-class _SharedAioConnection(aiosqlite.Connection):
+class _SharedAioConnection(MemdbAioConnection):
     """aiosqlite on the shared connection; transaction ends and close are ours to make."""
 
     async def commit(self) -> None:
@@ -81,7 +95,7 @@ class _SharedAioConnection(aiosqlite.Connection):
         """Stop the worker thread only, also when aiosqlite calls this from ``__del__``.
 
         aiosqlite's own ``stop`` closes the ``sqlite3`` connection: here that is the
-        template's shared one, and every later rollback-mode test would find it closed.
+        shared one, and every later rollback-mode test would find it closed.
         With ``_connection`` cleared first, it only stops the thread.
 
         aiosqlite 0.22.0 has no ``stop``; its ``_stop_running`` stops the thread
@@ -115,23 +129,28 @@ class _SharedSyncConnection:
 
 
 class SharedConnection:
-    """Owns a rollback-mode template's connection, its engines and its write lock."""
+    """Owns a rollback-mode working database's connection, its engines and its write lock.
+
+    It lives across tests while they leave it as it was made. :meth:`needs_renewal` says
+    when one did not (per-connection state, a cancelled statement, listeners added,
+    a connection SQLite would not roll back): then the owner closes it and makes a new one.
+    """
 
     def __init__(self, database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> None:
         self.database = database
-        self.raw = sqlite3.connect(
-            database.sqlite_uri,
-            uri=True,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=BUSY_TIMEOUT_S,
-        )
+        self.raw = connect(database.sqlite_uri, isolation_level=None)
         apply_pragmas(self.raw, pragmas)  # once, outside any transaction (foreign_keys needs it)
         self._write_lock = threading.Lock()
         self._savepoints: dict[int, str] = {}
         self._names = itertools.count(1)
-        # The URLs name the template (so query counting can tell whose statements these
-        # are); connections come from the creators, never from the URLs.
+        self._in_test = False
+        self._escape: str | None = None
+        self.stateful = False
+        """A statement or a driver call may have left per-connection state."""
+        self.disturbed: str | None = None
+        """Why the connection cannot be trusted for another test (a cancelled statement)."""
+        # The URLs name the working database (so query counting can tell whose statements
+        # these are); connections come from the creators, never from the URLs.
         self.async_engine: AsyncEngine = create_async_engine(
             database.async_url,
             async_creator=self._connect_async,
@@ -153,6 +172,8 @@ class SharedConnection:
         run_sync(self._prime_async_pool())
         with self.sync_engine.connect():
             pass
+        self.raw.arm(self._state_left)  # after SQLAlchemy registered its own functions
+        self._baseline = [listeners(e) for e in (self.async_engine.sync_engine, self.sync_engine)]
 
     async def _prime_async_pool(self) -> None:
         async with self.async_engine.connect() as conn:
@@ -160,9 +181,11 @@ class SharedConnection:
             mutex = getattr(adapter, "_execute_mutex", None)
             self._mutex_renewable = isinstance(mutex, asyncio.Lock)
 
-    async def _connect_async(self) -> aiosqlite.Connection:
+    async def _connect_async(self) -> MemdbAioConnection:
         connection = _SharedAioConnection(lambda: self.raw, iter_chunk_size=64)
-        return await connection
+        connection.memdb_raw = self.raw
+        await connection
+        return connection
 
     def begin_test(self) -> None:
         """Open the outer transaction that teardown will roll back.
@@ -174,40 +197,82 @@ class SharedConnection:
         such lock to renew (another SQLAlchemy version), each test gets a new adapter,
         which costs a worker thread start per test.
         """
-        self.end_test()
         if not self._mutex_renewable:
             run_sync(self._renew_async_connection())
+        self._open_outer()
+        self._in_test = True
+
+    def _open_outer(self) -> None:
         self.raw.execute("BEGIN")
+        self.raw.execute(f"SAVEPOINT {OUTER}")
 
     async def _renew_async_connection(self) -> None:
         await self.async_engine.dispose()
         await self._prime_async_pool()
 
-    def end_test(self) -> None:
-        """Roll everything the test did back, whatever state its sessions were left in."""
+    def end_test(self) -> str | None:
+        """Roll everything the test did back; say how the test escaped, if it did.
+
+        Returns None when the outer transaction was the plugin's to the end: then nothing
+        the test did through this connection was committed.
+        """
+        self._in_test = False
         self._savepoints.clear()
         if self._write_lock.locked():
             self._write_lock.release()
-        if self.raw.in_transaction:
-            self.raw.execute("ROLLBACK")
+        escape, self._escape = self._escape, None
+        try:
+            if escape is None and not self.raw.in_transaction:
+                escape = "the outer transaction was ended behind SQLAlchemy's back"
+            elif escape is None:
+                try:
+                    self.raw.execute(f"ROLLBACK TO {OUTER}")
+                except sqlite3.OperationalError as error:
+                    if "no such savepoint" not in str(error):
+                        raise
+                    escape = "the outer transaction was ended and begun again"
+            if self.raw.in_transaction:
+                self.raw.execute("ROLLBACK")
+        except sqlite3.Error as error:  # a statement still in progress: renew the connection
+            self.disturbed = self.disturbed or f"it could not be rolled back ({error})"
+        return escape
+
+    def needs_renewal(self) -> bool:
+        """Whether the last test left anything on this connection or its engines."""
+        if self.stateful or self.disturbed is not None:
+            return True
+        engines = (self.async_engine.sync_engine, self.sync_engine)
+        return [listeners(e) for e in engines] != self._baseline
 
     def save(self, path: Path) -> Path:
         """Write the test's view (its committed savepoints and open writes) to ``path``."""
         return save_connection_view(self.raw, path)
 
     async def aclose(self) -> None:
-        """Dispose of both engines and close the shared connection (end of session)."""
-        self.end_test()
-        await self.async_engine.dispose()
-        self.sync_engine.dispose()
-        self.raw.close()
+        """Dispose of both engines and close the shared connection."""
+        if self.disturbed is not None:
+            self.raw.interrupt()  # a cancelled statement may still run in a worker thread
+        self._in_test = False
+        self._savepoints.clear()
+        if self._write_lock.locked():
+            self._write_lock.release()
+        try:
+            await self.async_engine.dispose()
+            self.sync_engine.dispose()
+        finally:
+            self.raw.close()  # rolls back whatever is still open
 
     # --- SQLAlchemy event hooks -------------------------------------------------
+
+    def _state_left(self) -> None:
+        self.stateful = True
 
     def _listen(self, engine: Engine, *, wait: Callable[[], None]) -> None:
         def before_cursor_execute(
             conn: Connection, cursor: Any, statement: str, *args: Any
         ) -> None:
+            if not self.stateful and leaves_connection_state(statement):
+                self.stateful = True
             if id(conn) in self._savepoints or not is_write(statement):
                 return
             if not self._write_lock.acquire(blocking=False):
@@ -216,15 +281,55 @@ class SharedConnection:
             self._savepoints[id(conn)] = name
             self._exec(conn, f"SAVEPOINT {name}")
 
+        def after_cursor_execute(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+            self._check_outer(statement)
+
+        def handle_error(context: Any) -> None:
+            self._check_outer(context.statement or "")
+
         def commit(conn: Connection) -> None:
             self._finish(conn, "RELEASE {0}")
 
         def rollback(conn: Connection) -> None:
             self._finish(conn, "ROLLBACK TO {0}", "RELEASE {0}")
 
+        def connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            record.info["memdb_connect"] = tuple(engine.pool.dispatch.connect)
+
+        def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+            if record.info.get("memdb_connect") != tuple(engine.pool.dispatch.connect):
+                raise exc.DisconnectionError(_LISTENERS_CHANGED)
+
+        def invalidate(dbapi_connection: Any, record: ConnectionPoolEntry, error: Any) -> None:
+            if _LISTENERS_CHANGED in str(error):
+                return
+            self.disturbed = self.disturbed or f"its connection was invalidated ({error!r})"
+            self.raw.interrupt()  # a cancelled statement may still run in its worker thread
+
         event.listen(engine, "before_cursor_execute", before_cursor_execute)
+        event.listen(engine, "after_cursor_execute", after_cursor_execute)
+        event.listen(engine, "handle_error", handle_error)
         event.listen(engine, "commit", commit)
         event.listen(engine, "rollback", rollback)
+        event.listen(engine, "connect", connect)
+        event.listen(engine, "checkout", checkout)
+        event.listen(engine, "invalidate", invalidate)
+        event.listen(engine, "soft_invalidate", invalidate)
+
+    def _check_outer(self, statement: str) -> None:
+        """After a statement: if SQLite ended the outer transaction, record it and reopen."""
+        if not self._in_test or self.raw.in_transaction:
+            return
+        if self._escape is None:
+            shown = " ".join(statement.split())[:200]
+            self._escape = f"the statement {shown!r} ended it"
+        self._savepoints.clear()
+        if self._write_lock.locked():
+            self._write_lock.release()
+        try:
+            self._open_outer()
+        except sqlite3.Error as error:
+            self.disturbed = self.disturbed or f"it could not begin again ({error})"
 
     def _finish(self, conn: Connection, *templates: str) -> None:
         name = self._savepoints.pop(id(conn), None)
@@ -233,8 +338,14 @@ class SharedConnection:
         try:
             for template in templates:
                 self._exec(conn, template.format(name))
+        except sqlite3.OperationalError as error:
+            # SQLite ended the transaction behind SQLAlchemy's back (a raw driver call):
+            # the savepoint went with it. The teardown check reports it.
+            if "no such savepoint" not in str(error):
+                raise
         finally:
-            self._write_lock.release()
+            if self._write_lock.locked():
+                self._write_lock.release()
 
     @staticmethod
     def _exec(conn: Connection, sql: str) -> None:

@@ -45,9 +45,9 @@ def build_template(
     :class:`MemdbError` that names the step and carries the original exception.
     """
     if target.file is not None:
-        database = load_file(target.file, name, origin=target.file_origin)
+        database = _private(load_file(target.file, name, origin=target.file_origin))
     else:
-        database = MemoryDatabase(name)
+        database = MemoryDatabase(name, shared=False)
     if target.metadata is None and not target.load and hook is None:
         return database
     try:
@@ -69,17 +69,48 @@ def build_template(
     return database
 
 
+def _private(loaded: MemoryDatabase) -> MemoryDatabase:
+    """The same content in a private database (see :class:`MemoryDatabase`); frees ``loaded``."""
+    private = MemoryDatabase(loaded.name, shared=False)
+    try:
+        loaded.anchor.backup(private.anchor)
+    except BaseException:
+        private.close()
+        raise
+    finally:
+        loaded.close()
+    return private
+
+
+class _Borrowed:
+    """The template's anchor lent to SQLAlchemy for seeding: everything but ``close``."""
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self._raw = raw
+
+    def close(self) -> None:
+        """The anchor keeps the template alive: only :meth:`MemoryDatabase.close` closes it."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 @contextmanager
 def _seeding_connection(database: MemoryDatabase, pragmas: Pragmas) -> Iterator[Connection]:
-    """A sync connection whose ``BEGIN``/``COMMIT`` SQLAlchemy emits itself.
+    """A sync connection on the template's anchor whose ``BEGIN``/``COMMIT`` SQLAlchemy
+    emits itself (the template is private: no other connection can reach it).
 
     With the driver in charge, DDL would run outside the transaction and a failing
     step would leave the steps before it applied (SQLAlchemy's SQLite docs,
     "Serializable isolation / Savepoints / Transactional DDL").
     """
-    raw = sqlite3.connect(database.sqlite_uri, uri=True, isolation_level=None)
+    raw = database.anchor
+    previous = raw.isolation_level
+    raw.isolation_level = None
     apply_pragmas(raw, pragmas)
-    engine: Engine = create_engine("sqlite://", creator=lambda: raw, poolclass=StaticPool)
+    engine: Engine = create_engine(
+        "sqlite://", creator=lambda: _Borrowed(raw), poolclass=StaticPool
+    )
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
@@ -90,7 +121,9 @@ def _seeding_connection(database: MemoryDatabase, pragmas: Pragmas) -> Iterator[
             yield conn
     finally:
         engine.dispose()
-        raw.close()
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raw.isolation_level = previous
 
 
 def _step(what: str, run: Callable[..., Any], *args: Any) -> Any:

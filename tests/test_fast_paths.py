@@ -29,7 +29,7 @@ from pytest_memdb.plugin import registry_key
 
 def pytest_sessionfinish(session):
     registry = session.config.stash.get(registry_key, None)
-    slots = [t._copy_slot for t in registry._templates.values()] if registry else []
+    slots = [t._working for t in registry._templates.values()] if registry else []
     restores = sum(slot.restores for slot in slots if slot)
     reuses = sum(slot.reuses for slot in slots if slot)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -196,10 +196,10 @@ async def test_17_pristine(memdb_session):
 def test_writes_through_every_kind_of_connection_are_undone(pytester: pytest.Pytester) -> None:
     result = run(pytester, WRITERS)
     result.assert_outcomes(passed=17)
-    # Writers: 02, 04, 06, 08, 10, 12, 16 (restored before the test after each). Readers
-    # (and 14, whose write was never committed) got the copy as it was: 01 is the first
-    # copy, so 03, 05, 07, 09, 11, 13, 15 (after 14) and 17 are restores or reuses.
-    assert counters(result) == {"restores": 7, "reuses": 9}
+    # Writers: 02, 04, 06, 08, 10, 12, 16 (restored after each). Readers (and 14, whose
+    # write was never committed) left the copy as they got it: 01, 03, 05, 07, 09, 11, 13,
+    # 14, 15 and 17 needed no restore.
+    assert counters(result) == {"restores": 7, "reuses": 10}
 
 
 # --- per-connection state: PRAGMA, TEMP, ATTACH -----------------------------------------
@@ -270,9 +270,10 @@ def test_pragma_temp_table_and_attach_do_not_reach_the_next_test(
 ) -> None:
     result = run(pytester, CONNECTION_STATE)
     result.assert_outcomes(passed=11)
-    # After 2, 4, 6 and 8 (each left state on a connection) the copy was restored; the
-    # tests after 1, 3, 5, 7, 9 and 10 got it as it was.
-    assert counters(result) == {"restores": 4, "reuses": 6}
+    # 2, 4, 6 and 8 left state on a connection but committed nothing to the database: the
+    # pools were emptied, the database itself was never restored, and every test after
+    # the first got it as it was.
+    assert counters(result) == {"restores": 0, "reuses": 11}
 
 
 # --- connections an earlier test leaked -------------------------------------------------
@@ -298,10 +299,12 @@ async def test_2_goes_around_it(memdb, memdb_session):
     assert memdb.name != LEAKED["name"]
     assert await state(memdb_session) == PRISTINE
     LEAKED["writer"].close()
+    LEAKED["second"] = memdb.name
 
 
-async def test_3_back_on_the_copy(memdb, memdb_session):
-    assert memdb.name == LEAKED["name"]
+async def test_3_on_the_new_working_database(memdb, memdb_session):
+    # The first one was left to the leak for good: the new one serves from now on.
+    assert memdb.name == LEAKED["second"]
     assert await state(memdb_session) == PRISTINE
     await memdb_session.execute(text("INSERT INTO user (name) VALUES ('committed')"))
     await memdb_session.commit()
@@ -313,13 +316,14 @@ async def test_3_back_on_the_copy(memdb, memdb_session):
 
 
 async def test_4_goes_around_an_open_read(memdb, memdb_session):
-    assert memdb.name != LEAKED["name"]
+    assert memdb.name not in (LEAKED["name"], LEAKED["second"])
     assert await state(memdb_session) == PRISTINE
     LEAKED["reader"].close()
+    LEAKED["third"] = memdb.name
 
 
-async def test_5_back_and_restored(memdb, memdb_session):
-    assert memdb.name == LEAKED["name"]
+async def test_5_keeps_it_and_restores_it(memdb, memdb_session):
+    assert memdb.name == LEAKED["third"]
     assert await state(memdb_session) == PRISTINE
 """
 

@@ -198,8 +198,9 @@ LEAKY_TESTS = """
         leak.close()
 
 
-    async def test_3_takes_the_shared_name_again(memdb, memdb_session):
-        assert memdb.name == LEAKED[0][0]
+    async def test_3_keeps_the_new_working_database(memdb, memdb_session):
+        # The abandoned one was left to the leak; the new one serves from now on.
+        assert memdb.name != LEAKED[0][0]
         count = (await memdb_session.execute(text("SELECT count(*) FROM user"))).scalar()
         assert count == 3
 """
@@ -380,10 +381,11 @@ def test_rollback_mode_undoes_commits_savepoints_and_ddl(
     rollback = [f for label, f in lines.items() if label != "template-copy"]
     assert len(rollback) == 11
     template = lines["trap"]["template"]
-    # Rollback-mode tests work on the template itself, inside a rolled-back transaction.
-    assert all(f["name"] == f["template"] == template for f in rollback)
+    # Rollback-mode tests work inside a rolled-back transaction on the working database
+    # they share with copy-mode tests, never on the template.
+    assert all(f["template"] == template != f["name"] for f in rollback)
+    assert {f["name"] for f in rollback} == {lines["template-copy"]["name"]}
     assert lines["template-copy"]["template"] == template
-    assert lines["template-copy"]["name"] != template
 
 
 # --- session mode ------------------------------------------------------------------------
@@ -453,7 +455,7 @@ def test_session_mode_persists_writes_but_copies_stay_pristine(pytester: pytest.
     template = lines["s1"]["template"]
     assert lines["s1"]["name"] != template, "session mode must not write to the template"
     assert lines["copy"]["name"] not in {template, lines["s1"]["name"]}
-    assert lines["rollback"]["name"] == template
+    assert lines["rollback"]["name"] == lines["copy"]["name"], "copy and rollback share one"
 
 
 # --- concurrency -------------------------------------------------------------------------
@@ -656,8 +658,7 @@ def test_xdist_workers_get_their_own_named_databases(pytester: pytest.Pytester) 
         assert tag in fields["name"], (label, fields)
         assert tag in fields["template"], (label, fields)
         templates.setdefault(fields["worker"], set()).add(fields["template"])
-        if label.startswith("rollback"):
-            assert fields["name"] == fields["template"], (label, fields)
+        assert fields["name"] != fields["template"], (label, fields)
     # One template per worker, and the two workers' templates are different databases.
     assert all(len(names) == 1 for names in templates.values()), templates
     assert templates["gw0"] != templates["gw1"]

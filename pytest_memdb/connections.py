@@ -1,0 +1,113 @@
+"""The ``sqlite3`` connections under every memdb engine, which notice state a test leaves.
+
+Standard library only. A PRAGMA or ``ATTACH`` is SQL, and the engines see it go by
+(:func:`leaves_connection_state`); a SQL function, collation, authorizer, progress
+handler, trace callback or extension registered on the driver connection is not:
+``create_function`` through SQLAlchemy's dbapi connection or aiosqlite's, on a pooled
+connection, would stay on it for every later test that gets that connection. So the
+connections are of a ``sqlite3.Connection`` subclass whose registering methods tell
+their owner, once it has *armed* them (at their first checkout: SQLAlchemy's dialect
+registers its own ``regexp`` function when a connection is made, before that).
+
+Out of reach: state set by C code on the raw ``sqlite3*`` handle, behind Python.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pytest_memdb.statements import leading_verb
+
+BUSY_TIMEOUT_S = 5.0
+"""How long a connection waits for another one's write lock, as ``sqlite3``'s default."""
+
+_STATEFUL_VERBS = frozenset(
+    {"PRAGMA", "ATTACH", "DETACH", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE"}
+)
+
+
+def leaves_connection_state(statement: str) -> bool:
+    """Whether ``statement`` may leave state on the connection that ran it, or change the schema.
+
+    ``PRAGMA`` (``foreign_keys``, ``query_only``, ``reverse_unordered_selects``, ...),
+    ``ATTACH``/``DETACH`` and ``CREATE TEMP ...`` outlive the transaction on that one
+    connection; every other DDL is counted too (it is rare in tests, and a
+    ``CREATE TABLE temp.x`` is DDL as well).
+    """
+    return leading_verb(statement) in _STATEFUL_VERBS
+
+
+class TrackedConnection(sqlite3.Connection):
+    """A ``sqlite3`` connection that reports per-connection state set on it through Python."""
+
+    memdb_on_state: Callable[[], None] | None = None
+    """Called when, after :meth:`arm`, something registers state on this connection."""
+
+    def arm(self, on_state: Callable[[], None]) -> None:
+        """From now on, registering anything on this connection calls ``on_state``."""
+        self.memdb_on_state = on_state
+
+    def _touched(self) -> None:
+        if self.memdb_on_state is not None:
+            self.memdb_on_state()
+
+    def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self._touched()
+        super().create_function(*args, **kwargs)
+
+    def create_aggregate(self, *args: Any, **kwargs: Any) -> None:
+        self._touched()
+        super().create_aggregate(*args, **kwargs)
+
+    def create_collation(self, *args: Any, **kwargs: Any) -> None:
+        self._touched()
+        super().create_collation(*args, **kwargs)
+
+    def set_authorizer(self, *args: Any, **kwargs: Any) -> None:
+        self._touched()
+        super().set_authorizer(*args, **kwargs)
+
+    def set_progress_handler(self, *args: Any, **kwargs: Any) -> None:
+        self._touched()
+        super().set_progress_handler(*args, **kwargs)
+
+    def set_trace_callback(self, *args: Any, **kwargs: Any) -> None:
+        self._touched()
+        super().set_trace_callback(*args, **kwargs)
+
+    def enable_load_extension(self, *args: Any, **kwargs: Any) -> None:
+        self._touched()
+        super().enable_load_extension(*args, **kwargs)
+
+    def load_extension(self, *args: Any, **kwargs: Any) -> None:
+        self._touched()
+        super().load_extension(*args, **kwargs)
+
+    if sys.version_info >= (3, 11):
+
+        def create_window_function(self, *args: Any, **kwargs: Any) -> None:
+            self._touched()
+            super().create_window_function(*args, **kwargs)
+
+        def setlimit(self, category: int, limit: int, /) -> int:
+            self._touched()
+            return super().setlimit(category, limit)
+
+
+def connect(
+    uri: str, *, isolation_level: Literal["DEFERRED", "EXCLUSIVE", "IMMEDIATE"] | None = "DEFERRED"
+) -> TrackedConnection:
+    """A tracked connection to a memdb database, usable from any thread (aiosqlite's too)."""
+    connection = sqlite3.connect(
+        uri,
+        uri=True,
+        timeout=BUSY_TIMEOUT_S,
+        check_same_thread=False,
+        isolation_level=isolation_level,
+        factory=TrackedConnection,
+    )
+    assert isinstance(connection, TrackedConnection)
+    return connection

@@ -1,0 +1,107 @@
+"""The three isolation modes: three small strategies over one working database.
+
+Imports SQLAlchemy: load lazily. A test's path through the plugin is the same in every
+mode (:meth:`pytest_memdb.registry.Template.open` and ``_end``): take the working
+database, made equal to the template; run the test; close what it left checked out;
+then the one step that differs; then put its connections back in order and make the
+database equal again. The step that differs:
+
+* ``copy``: nothing. The test works on the working database itself; whatever it
+  committed is undone by the restore that follows (only when something was committed).
+* ``rollback``: the test works inside an outer transaction on one shared connection
+  (:mod:`pytest_memdb.savepoints`), rolled back at the end and *verified*: if the test's
+  SQL ended that transaction, the restore still undoes what it committed, and the test
+  is reported (:class:`~pytest_memdb.errors.IsolationError`).
+* ``session``: the test works on a working database of its own that is never restored,
+  so its writes are there for the next ``session`` test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pytest_memdb.config import Isolation
+from pytest_memdb.working import WorkingDatabase
+
+
+class EngineSource(Protocol):
+    """Where a test's engines come from (an EnginePair, or rollback's shared connection)."""
+
+    @property
+    def async_engine(self) -> AsyncEngine: ...
+
+    @property
+    def sync_engine(self) -> Engine: ...
+
+
+Save = Callable[[Path], Path]
+
+
+class Strategy(Protocol):
+    name: Isolation
+    restores: bool
+    """Whether the working database is made equal to the template around each test."""
+
+    def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
+        """The engines the test gets, and how to write its view out (None: what was committed)."""
+
+    def end(self, working: WorkingDatabase) -> str | None:
+        """Finish the test's work; how it escaped its isolation, if it did."""
+
+
+class Copy:
+    name: Isolation = "copy"
+    restores = True
+
+    def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
+        return working.engines, None
+
+    def end(self, working: WorkingDatabase) -> str | None:
+        return None
+
+
+class Rollback:
+    name: Isolation = "rollback"
+    restores = True
+
+    def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
+        shared = working.shared
+        shared.begin_test()
+        return shared, shared.save
+
+    def end(self, working: WorkingDatabase) -> str | None:
+        return working.shared.end_test()
+
+
+class Session:
+    name: Isolation = "session"
+    restores = False
+
+    def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
+        return working.engines, None
+
+    def end(self, working: WorkingDatabase) -> str | None:
+        return None
+
+
+STRATEGIES: dict[Isolation, Strategy] = {
+    "copy": Copy(),
+    "rollback": Rollback(),
+    "session": Session(),
+}
+
+ESCAPED = (
+    "pytest-memdb: this test's SQL ended the plugin's outer transaction (rollback "
+    "isolation): {how}. That happens with ROLLBACK, COMMIT or END run as text, INSERT OR "
+    "ROLLBACK on a conflict, a trigger's RAISE(ROLLBACK, ...), or an interrupted write: "
+    "SQLite then committed or discarded what the test had written, not the plugin, so the "
+    "test did not run as rollback isolation promises. The plugin began a new outer "
+    "transaction for the rest of the test, and the database was restored from the "
+    "template for the next test. A test that needs its own transaction control runs in "
+    'copy isolation: @pytest.mark.memdb(isolation="copy").'
+)

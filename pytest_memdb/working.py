@@ -1,0 +1,106 @@
+"""The working database: the one copy of a template that tests run on, kept equal to it.
+
+Imports SQLAlchemy: load it lazily.
+
+The template itself is never handed out (it is a private in-memory database, reachable
+only through its anchor connection: see :class:`~pytest_memdb.memory.MemoryDatabase`).
+``copy`` and ``rollback`` tests take turns on one :class:`WorkingDatabase` per template,
+under one name, with long-lived connections on it (an :class:`EnginePair` for copy
+tests, a :class:`SharedConnection` for rollback tests) whose pools and compiled-statement
+caches serve every test. Between tests it is brought back to the template's content:
+
+* nothing to do when no connection committed anything since the last check (the
+  anchor's ``PRAGMA data_version`` is unchanged: it moves on every commit of every
+  other connection, whatever the driver or statement);
+* otherwise the template is backed up *into* the open copy (the pages are overwritten
+  in memory that is already mapped, without a journal); connections open on it stay
+  open, and SQLite makes them reread pages and schema;
+* connections that carry per-connection state, listeners a test added, or a statement
+  that was cancelled are closed (or their engines replaced) instead of reused.
+
+Before a test gets it, the working database must also be free: a connection an earlier
+test leaked (an engine the app made from ``memdb_url``, a raw ``sqlite3`` connection)
+may still hold a read or a write open on it, which would make the restore wait and the
+test's own commits fail after the busy timeout. The anchor asks for an exclusive lock
+with no waiting (a few microseconds); when it cannot get one, the working database is
+abandoned to whoever holds it and a new one is made under a new name.
+
+``session`` tests get a working database of their own that is never restored.
+"""
+
+from __future__ import annotations
+
+from pytest_memdb.engines import EnginePair
+from pytest_memdb.memory import MemoryDatabase
+from pytest_memdb.pragmas import Pragmas
+from pytest_memdb.savepoints import SharedConnection
+
+
+class WorkingDatabase:
+    """A copy of a template and the connections on it, restored in place between tests."""
+
+    def __init__(
+        self, template: MemoryDatabase, name: str, *, echo: bool, pragmas: Pragmas = ()
+    ) -> None:
+        self.template = template
+        self.database = template.copy(name)
+        self.database.prepare_for_restores()
+        self._echo = echo
+        self._pragmas = pragmas
+        self.engines = EnginePair(self.database, echo=echo, pragmas=pragmas, watch_state=True)
+        self._shared: SharedConnection | None = None
+        self.restores = 0
+        """How many times the copy was restored (the first copy not counted)."""
+        self.reuses = 0
+        """How many tests left the database as they got it (nothing committed: no restore)."""
+        self._version = self.database.data_version()
+
+    @property
+    def shared(self) -> SharedConnection:
+        """Rollback mode's one connection on this database (made on first use)."""
+        if self._shared is None:
+            self._shared = SharedConnection(self.database, echo=self._echo, pragmas=self._pragmas)
+        return self._shared
+
+    def changed(self) -> bool:
+        """Whether any connection committed to this database since it was last made equal."""
+        return self.database.data_version() != self._version
+
+    def make_equal(self) -> bool:
+        """Bring the database back to the template's content; False if a leaked lock stops it.
+
+        Called before each test (a leaked connection may commit at any time) and after one
+        (so the database is the template's again as soon as it can be).
+        """
+        if not self.database.is_free():
+            return False
+        if not self.changed():
+            return True
+        if not self.database.restore_from(self.template):
+            return False
+        self.restores += 1
+        self._version = self.database.data_version()
+        return True
+
+    def needs_settling(self) -> bool:
+        """Whether :meth:`settle` has anything to do (checked without an event loop)."""
+        if self.engines.stateful or self.engines.listeners_changed():
+            return True
+        return self._shared is not None and self._shared.needs_renewal()
+
+    async def settle(self) -> None:
+        """Close or replace whatever connections a test left state on (see the module doc)."""
+        await self.engines.settle()
+        if self._shared is not None and self._shared.needs_renewal():
+            shared, self._shared = self._shared, None
+            await shared.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection and free the memory (also when a leaked lock holds it)."""
+        try:
+            await self.engines.aclose()
+            if self._shared is not None:
+                shared, self._shared = self._shared, None
+                await shared.aclose()
+        finally:
+            self.database.close()
