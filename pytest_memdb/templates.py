@@ -45,7 +45,7 @@ def build_template(
     :class:`MemdbError` that names the step and carries the original exception.
     """
     if target.file is not None:
-        database = _private(load_file(target.file, name, origin=target.file_origin))
+        database = load_file(target.file, name, origin=target.file_origin, shared=False)
     else:
         database = MemoryDatabase(name, shared=False)
     if target.metadata is None and not target.load and hook is None:
@@ -67,19 +67,6 @@ def build_template(
         database.close()
         raise
     return database
-
-
-def _private(loaded: MemoryDatabase) -> MemoryDatabase:
-    """The same content in a private database (see :class:`MemoryDatabase`); frees ``loaded``."""
-    private = MemoryDatabase(loaded.name, shared=False)
-    try:
-        loaded.anchor.backup(private.anchor)
-    except BaseException:
-        private.close()
-        raise
-    finally:
-        loaded.close()
-    return private
 
 
 class _Borrowed:
