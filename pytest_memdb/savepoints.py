@@ -337,7 +337,10 @@ class SharedConnection:
             return
         try:
             for template in templates:
-                self._exec(conn, template.format(name))
+                if conn.invalidated:  # a cancelled statement: SQLAlchemy dropped its adapter
+                    self.raw.execute(template.format(name))
+                else:
+                    self._exec(conn, template.format(name))
         except sqlite3.OperationalError as error:
             # SQLite ended the transaction behind SQLAlchemy's back (a raw driver call):
             # the savepoint went with it. The teardown check reports it.
