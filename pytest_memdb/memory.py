@@ -57,6 +57,10 @@ class DatabaseInUse(Exception):
     """A database by that name is still open somewhere, so it is not free to be made anew."""
 
 
+class SourceLocked(Exception):
+    """Another connection's uncommitted write kept a database from being read (memdb)."""
+
+
 class MemoryDatabase:
     """One in-memory database, alive exactly as long as this object is open.
 
@@ -97,18 +101,21 @@ class MemoryDatabase:
         cookie = int(self.anchor.execute("PRAGMA schema_version").fetchone()[0])
         return self.anchor.total_changes, cookie
 
-    def copy(self, name: str) -> MemoryDatabase:
+    def copy(self, name: str, *, give_up_after: float = 5.0) -> MemoryDatabase:
         """A new database with this one's content, via SQLite's page-level backup.
 
         Raises :class:`DatabaseInUse` when a database called ``name`` still lives
         (some connection holds it open): copying over it could wait forever on that
-        connection's lock, and would change data under it.
+        connection's lock, and would change data under it. Raises :class:`SourceLocked`
+        when another connection's pending write keeps this one from being read for
+        ``give_up_after`` seconds (memdb lets no reader past it).
         """
         target = MemoryDatabase(name)
         try:
             if target.anchor.execute("PRAGMA page_count").fetchone()[0]:
                 raise DatabaseInUse(name)
-            self.anchor.backup(target.anchor)
+            if not target._backup_over(self, give_up_after):
+                raise SourceLocked(self.name)
         except BaseException:
             target.close()
             raise

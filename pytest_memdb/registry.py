@@ -13,7 +13,7 @@ from pytest_memdb.config import Isolation, MemdbConfig, Target
 from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.isolation import ESCAPED, STRATEGIES, Strategy
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.memory import MemoryDatabase, unique_name
+from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
 from pytest_memdb.pragmas import Pragmas
 from pytest_memdb.templates import TemplateHook, build_template
 from pytest_memdb.working import WorkingDatabase
@@ -67,6 +67,8 @@ class Template:
         if not strategy.restores:
             if self._session is None:
                 self._session = self._new_working("session")
+            elif not self._session.database.is_free():
+                self._session = self._carry_over(self._session)
             return self._session
         working = self._working
         if working is not None:
@@ -96,6 +98,25 @@ class Template:
     def _new_working(self, role: str) -> WorkingDatabase:
         name = unique_name(self.worker, self.label, role)
         return WorkingDatabase(self.database, name, echo=self.echo, pragmas=self.pragmas)
+
+    def _carry_over(self, leaked: WorkingDatabase) -> WorkingDatabase:
+        """The session database again, under a new name: a connection an earlier test
+        leaked holds a lock on it, which would make this test wait and fail."""
+        name = unique_name(self.worker, self.label, "session")
+        try:
+            fresh = WorkingDatabase(
+                self.database, name, echo=self.echo, pragmas=self.pragmas, content=leaked.database
+            )
+        except SourceLocked:
+            raise MemdbError(
+                f"pytest-memdb: a connection an earlier session-mode test left open holds an "
+                f"uncommitted write on the session database {leaked.database.name}; SQLite "
+                "lets no other connection read past it, so this test cannot have the "
+                "session's data. Commit or close that connection (an engine built from "
+                "memdb_url, a raw sqlite3 connection) in the test that opened it."
+            ) from None
+        run_sync(leaked.aclose())
+        return fresh
 
     def _abandon(self, working: WorkingDatabase) -> None:
         """Leave a working database to the leaked connection that holds it; free ours."""

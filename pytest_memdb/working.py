@@ -40,10 +40,17 @@ class WorkingDatabase:
     """A copy of a template and the connections on it, restored in place between tests."""
 
     def __init__(
-        self, template: MemoryDatabase, name: str, *, echo: bool, pragmas: Pragmas = ()
+        self,
+        template: MemoryDatabase,
+        name: str,
+        *,
+        echo: bool,
+        pragmas: Pragmas = (),
+        content: MemoryDatabase | None = None,
     ) -> None:
+        """``content``: what the new database holds at first, if not the template's."""
         self.template = template
-        self.database = template.copy(name)
+        self.database = (content or template).copy(name)
         self.database.prepare_for_restores()
         self._echo = echo
         self._pragmas = pragmas
