@@ -20,7 +20,7 @@ from pytest_memdb.pragmas import Pragmas, parse_pragmas
 Isolation = Literal["copy", "rollback", "session"]
 ISOLATION_MODES: tuple[Isolation, ...] = ("copy", "rollback", "session")
 DEFAULT_ISOLATION: Isolation = "copy"
-MARKER_ARGS = ("file", "metadata", "load", "isolation")
+MARKER_ARGS = ("file", "metadata", "load", "isolation", "bind", "alembic")
 DEFAULT_FIXTURE = "memdb"
 
 HOW_TO_SET_SOURCE = (
@@ -28,10 +28,26 @@ HOW_TO_SET_SOURCE = (
     "    [pytest]\n"
     "    memdb_file = tests/data/app.sqlite\n"
     "    memdb_metadata = myapp.models:Base\n"
+    "    memdb_alembic = alembic.ini\n"
     "or on the command line: pytest --memdb-file tests/data/app.sqlite "
     "(or --memdb-metadata myapp.models:Base)\n"
     "or for one test: @pytest.mark.memdb(file='tests/data/app.sqlite')"
 )
+INI_OPTIONS = (
+    "memdb_file",
+    "memdb_metadata",
+    "memdb_load",
+    "memdb_pragmas",
+    "memdb_isolation",
+    "memdb_echo",
+    "memdb_bind",
+    "memdb_session_class",
+    "memdb_sync_session_class",
+    "memdb_alembic",
+    "memdb_alembic_revision",
+    "memdb_strict",
+)
+"""Every ini option of the plugin: any other ``memdb_*`` key is a typo (:func:`check_ini_keys`)."""
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -64,6 +80,14 @@ class Target:
     fixture: str = DEFAULT_FIXTURE
     """The fixture that asked (``memdb`` or a ``memdb_factory`` name): each has its own
     templates, so two factory fixtures in one test are two databases."""
+    alembic: Path | None = None
+    """An ``alembic.ini`` whose migrations build the template (after the file, if any)."""
+    alembic_revision: str = "head"
+    alembic_origin: str = ""
+    bind: tuple[str, ...] = ()
+    """``package.module:attr`` of the app's engines and sessionmakers to point at the test's
+    database for each test (:mod:`pytest_memdb.binding`)."""
+    bind_origin: str = ""
 
     def template_key(self) -> tuple[object, ...]:
         """Tests whose targets share this key share one template."""
@@ -72,6 +96,8 @@ class Target:
             _identity(self.file) if self.file is not None else None,
             self.metadata,
             tuple((step.script, step.callable) for step in self.load),
+            _identity(self.alembic) if self.alembic is not None else None,
+            self.alembic_revision,
         )
 
     def describe(self) -> str:
@@ -80,6 +106,8 @@ class Target:
             parts.append(f"file {str(self.file)!r}")
         if self.metadata is not None:
             parts.append(f"metadata {self.metadata!r}")
+        if self.alembic is not None:
+            parts.append(f"migrations of {str(self.alembic)!r} to {self.alembic_revision!r}")
         if self.load:
             parts.append(f"{len(self.load)} load step(s)")
         return ", ".join(parts)
@@ -100,6 +128,16 @@ class MemdbConfig:
     load: tuple[LoadStep, ...] = ()
     pragmas: Pragmas = ()
     keep_failed: Path | None = None
+    alembic: Path | None = None
+    alembic_origin: str = ""
+    alembic_revision: str = "head"
+    bind: tuple[str, ...] = ()
+    bind_origin: str = ""
+    session_class: str | None = None
+    """``module:Class`` of the ``AsyncSession`` subclass every session is made with."""
+    sync_session_class: str | None = None
+    strict: bool = False
+    """Fail a test that opens a SQLite database that is not one of its memdb databases."""
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> MemdbConfig:
@@ -113,6 +151,7 @@ class MemdbConfig:
     def _read(cls, config: pytest.Config) -> MemdbConfig:
         base_dir = config.inipath.parent if config.inipath else config.rootpath
         ini_name = config.inipath.name if config.inipath else "the ini file"
+        check_ini_keys(getattr(config, "inicfg", {}), ini_name)
         cwd = config.invocation_params.dir
         cli_file = config.getoption("memdb_file")
         ini_file = str(config.getini("memdb_file") or "").strip()
@@ -144,6 +183,14 @@ class MemdbConfig:
         pragmas = parse_pragmas(config.getini("memdb_pragmas"), f"memdb_pragmas in {ini_name}")
         keep = config.getoption("memdb_keep_failed")
         keep_failed = _resolve(keep, cwd, "--memdb-keep-failed") if keep else None
+        raw_alembic = str(config.getini("memdb_alembic") or "").strip()
+        alembic_origin = f"memdb_alembic in {ini_name}"
+        alembic = _resolve(raw_alembic, base_dir, alembic_origin) if raw_alembic else None
+        revision = str(config.getini("memdb_alembic_revision") or "").strip() or "head"
+        bind_origin = f"memdb_bind in {ini_name}"
+        bind = parse_bind(config.getini("memdb_bind"), bind_origin)
+        session_class = _optional_dotted(config, "memdb_session_class", ini_name)
+        sync_session_class = _optional_dotted(config, "memdb_sync_session_class", ini_name)
         return cls(
             file,
             origin,
@@ -155,6 +202,14 @@ class MemdbConfig:
             load,
             pragmas,
             keep_failed,
+            alembic=alembic,
+            alembic_origin=alembic_origin,
+            alembic_revision=revision,
+            bind=bind,
+            bind_origin=bind_origin,
+            session_class=session_class,
+            sync_session_class=sync_session_class,
+            strict=bool(config.getini("memdb_strict")),
         )
 
     def target_for(self, node: pytest.Item) -> Target:
@@ -182,13 +237,33 @@ class MemdbConfig:
         isolation = self.isolation
         if kwargs.get("isolation") is not None:
             isolation = parse_isolation(kwargs["isolation"], "@pytest.mark.memdb(isolation=...)")
-        if file is None and metadata is None:
+        alembic, alembic_origin = self.alembic, self.alembic_origin
+        if kwargs.get("alembic") is not None:
+            alembic_origin = "@pytest.mark.memdb(alembic=...)"
+            alembic = _resolve(str(kwargs["alembic"]), self.base_dir, alembic_origin)
+        bind, bind_origin = self.bind, self.bind_origin
+        if kwargs.get("bind") is not None:
+            bind_origin = "@pytest.mark.memdb(bind=...)"
+            bind = parse_bind(kwargs["bind"], bind_origin)
+        if file is None and metadata is None and alembic is None:
             raise MemdbError(
-                "pytest-memdb: no SQLite fixture file and no metadata is configured (ini "
-                "options memdb_file, memdb_metadata; command line --memdb-file, "
-                "--memdb-metadata).\n" + HOW_TO_SET_SOURCE
+                "pytest-memdb: no SQLite fixture file, metadata or migrations are configured "
+                "(ini options memdb_file, memdb_metadata, memdb_alembic; command line "
+                "--memdb-file, --memdb-metadata).\n" + HOW_TO_SET_SOURCE
             )
-        return Target(file, file_origin, isolation, metadata, metadata_origin, load)
+        return Target(
+            file,
+            file_origin,
+            isolation,
+            metadata,
+            metadata_origin,
+            load,
+            alembic=alembic,
+            alembic_revision=self.alembic_revision,
+            alembic_origin=alembic_origin,
+            bind=bind,
+            bind_origin=bind_origin,
+        )
 
     def factory_target(self, name: str, options: Mapping[str, Any]) -> Target:
         """What a ``memdb_factory(name, ...)`` fixture is built from: its own arguments only.
@@ -200,8 +275,11 @@ class MemdbConfig:
         file = options.get("file")
         metadata = options.get("metadata")
         isolation = options.get("isolation")
-        if file is None and metadata is None:
-            raise MemdbError(f"pytest-memdb: {origin} needs file=... or metadata=... (or both).")
+        alembic = options.get("alembic")
+        if file is None and metadata is None and alembic is None:
+            raise MemdbError(
+                f"pytest-memdb: {origin} needs file=..., metadata=... or alembic=... (or more)."
+            )
         return Target(
             file=_resolve(str(file), self.base_dir, f"{origin}, file=")
             if file is not None
@@ -214,6 +292,13 @@ class MemdbConfig:
             metadata_origin=f"{origin}, metadata=",
             load=parse_load(options.get("load") or (), f"{origin}, load=", self.base_dir),
             fixture=name,
+            alembic=_resolve(str(alembic), self.base_dir, f"{origin}, alembic=")
+            if alembic is not None
+            else None,
+            alembic_revision=self.alembic_revision,
+            alembic_origin=f"{origin}, alembic=",
+            bind=parse_bind(options.get("bind") or (), f"{origin}, bind="),
+            bind_origin=f"{origin}, bind=",
         )
 
 
@@ -235,6 +320,46 @@ def check_dotted(value: object, origin: str) -> str:
         "'myapp.models:Base' (a module importable from the ini file's folder, a colon, and "
         "a DeclarativeBase subclass or a MetaData in it)."
     )
+
+
+def parse_bind(entries: object, origin: str) -> tuple[str, ...]:
+    """``package.module:attr`` paths, one per line (ini) or a list (marker, factory)."""
+    if isinstance(entries, str):
+        entries = entries.splitlines()
+    if not isinstance(entries, Iterable):
+        raise MemdbError(f"pytest-memdb: {origin} got {entries!r}; expected a list of paths.")
+    paths = []
+    for raw in entries:
+        entry = raw.strip() if isinstance(raw, str) else raw
+        if entry == "" or (isinstance(entry, str) and entry.startswith("#")):
+            continue
+        if not isinstance(entry, str) or not _DOTTED.match(entry):
+            raise MemdbError(
+                f"pytest-memdb: {origin} got {raw!r}; each entry is a 'package.module:attr' "
+                "naming an Engine, AsyncEngine, sessionmaker, async_sessionmaker, "
+                "scoped_session or async_scoped_session of your app (e.g. myapp.db:engine)."
+            )
+        paths.append(entry)
+    return tuple(paths)
+
+
+def _optional_dotted(config: pytest.Config, name: str, ini_name: str) -> str | None:
+    raw = str(config.getini(name) or "").strip()
+    return check_dotted(raw, f"{name} in {ini_name}") if raw else None
+
+
+def check_ini_keys(inicfg: Iterable[str], ini_name: str) -> None:
+    """An unknown ``memdb_*`` key is a typo that would silently do nothing: stop the run."""
+    import difflib
+
+    for key in inicfg:
+        if key.startswith("memdb_") and key not in INI_OPTIONS:
+            close = difflib.get_close_matches(key, INI_OPTIONS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise MemdbError(
+                f"pytest-memdb: unknown option {key!r} in {ini_name}.{hint} The options are: "
+                f"{', '.join(INI_OPTIONS)}."
+            )
 
 
 def parse_load(entries: object, origin: str, base_dir: Path) -> tuple[LoadStep, ...]:

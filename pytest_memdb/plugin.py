@@ -101,6 +101,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="copy",
     )
     parser.addini("memdb_echo", "Log the SQL of memdb engines.", type="bool", default=False)
+    parser.addini(
+        "memdb_bind",
+        "package.module:attr of the app's Engine, AsyncEngine, sessionmaker, "
+        "async_sessionmaker, scoped_session or async_scoped_session, one per line: pointed at "
+        "each test's database while it runs, put back after.",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "memdb_session_class",
+        "module:Class of an AsyncSession subclass for every async session the plugin makes "
+        "(default: SQLModel's when memdb_metadata is SQLModel's, else AsyncSession).",
+        default="",
+    )
+    parser.addini(
+        "memdb_sync_session_class",
+        "module:Class of a Session subclass for every sync session the plugin makes.",
+        default="",
+    )
+    parser.addini(
+        "memdb_alembic",
+        "Path to an alembic.ini (relative to the ini file's folder): its migrations build the "
+        "template, after memdb_file and before memdb_load (needs pytest-memdb[alembic]).",
+        default="",
+    )
+    parser.addini(
+        "memdb_alembic_revision",
+        "The revision memdb_alembic migrates the template to (default head).",
+        default="head",
+    )
+    parser.addini(
+        "memdb_strict",
+        "Fail a test that opens, through SQLAlchemy, a SQLite database that is not one of its "
+        "memdb databases (an engine a swap missed, the app's real file).",
+        type="bool",
+        default=False,
+    )
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

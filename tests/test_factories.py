@@ -184,7 +184,10 @@ def test_a_factory_does_not_inherit_the_ini_sources(pytester: pytest.Pytester) -
 @pytest.mark.parametrize(
     ("call", "expected"),
     [
-        ("memdb_factory('x')", "*memdb_factory('x') needs file=... or metadata=... (or both)."),
+        (
+            "memdb_factory('x')",
+            "*memdb_factory('x') needs file=..., metadata=... or alembic=... (or more).",
+        ),
         (
             "memdb_factory('x', metadata='models.Base')",
             "*memdb_factory('x'), metadata= got 'models.Base'; expected a dotted path*",

@@ -500,12 +500,14 @@ def test_no_file_configured_says_how_to_set_one(pytester: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_uses_db*",
-            "pytest-memdb: no SQLite fixture file and no metadata is configured (ini options "
-            "memdb_file, memdb_metadata; command line --memdb-file, --memdb-metadata).",
+            "pytest-memdb: no SQLite fixture file, metadata or migrations are configured (ini "
+            "options memdb_file, memdb_metadata, memdb_alembic; command line --memdb-file, "
+            "--memdb-metadata).",
             "Set one in your ini file:",
             "    [[]pytest[]]",
             "    memdb_file = tests/data/app.sqlite",
             "    memdb_metadata = myapp.models:Base",
+            "    memdb_alembic = alembic.ini",
             "or on the command line: pytest --memdb-file tests/data/app.sqlite "
             "(or --memdb-metadata myapp.models:Base)",
             "or for one test: @pytest.mark.memdb(file='tests/data/app.sqlite')",
@@ -620,13 +622,13 @@ def test_plain():
         (
             "fiel='data/app.sqlite'",
             "pytest-memdb: @pytest.mark.memdb takes only keyword arguments file, metadata, load, "
-            "isolation; "
+            "isolation, bind, alembic; "
             "got fiel.",
         ),
         (
             "'data/app.sqlite'",
             "pytest-memdb: @pytest.mark.memdb takes only keyword arguments file, metadata, load, "
-            "isolation; "
+            "isolation, bind, alembic; "
             "got 'data/app.sqlite'.",
         ),
     ],
