@@ -138,6 +138,7 @@ class MemdbConfig:
     sync_session_class: str | None = None
     strict: bool = False
     """Fail a test that opens a SQLite database that is not one of its memdb databases."""
+    ini_name: str = "the ini file"
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> MemdbConfig:
@@ -151,7 +152,7 @@ class MemdbConfig:
     def _read(cls, config: pytest.Config) -> MemdbConfig:
         base_dir = config.inipath.parent if config.inipath else config.rootpath
         ini_name = config.inipath.name if config.inipath else "the ini file"
-        check_ini_keys(getattr(config, "inicfg", {}), ini_name)
+        check_ini_keys(_unknown_ini_keys(config), ini_name)
         cwd = config.invocation_params.dir
         cli_file = config.getoption("memdb_file")
         ini_file = str(config.getini("memdb_file") or "").strip()
@@ -210,6 +211,7 @@ class MemdbConfig:
             session_class=session_class,
             sync_session_class=sync_session_class,
             strict=bool(config.getini("memdb_strict")),
+            ini_name=ini_name,
         )
 
     def target_for(self, node: pytest.Item) -> Target:
@@ -346,6 +348,15 @@ def parse_bind(entries: object, origin: str) -> tuple[str, ...]:
 def _optional_dotted(config: pytest.Config, name: str, ini_name: str) -> str | None:
     raw = str(config.getini(name) or "").strip()
     return check_dotted(raw, f"{name} in {ini_name}") if raw else None
+
+
+def _unknown_ini_keys(config: pytest.Config) -> Iterable[str]:
+    """The ini file's keys no plugin registered (pytest's own list; ``inicfg`` is deprecated
+    in pytest 9, the private helper exists since pytest 6)."""
+    unknown = getattr(config, "_get_unknown_ini_keys", None)
+    if callable(unknown):
+        return sorted(unknown())
+    return sorted(getattr(config, "inicfg", {}))
 
 
 def check_ini_keys(inicfg: Iterable[str], ini_name: str) -> None:

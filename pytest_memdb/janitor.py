@@ -16,6 +16,7 @@ from pytest_memdb.dumps import save_committed
 from pytest_memdb.isolation import EngineSource
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.queries import QueryCounter
+from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses
 
 
 class MemdbHandle:
@@ -35,6 +36,7 @@ class MemdbHandle:
         engines: EngineSource,
         release: Callable[[], None],
         save: Callable[[Path], Path] | None = None,
+        classes: SessionClasses = DEFAULT_CLASSES,
     ) -> None:
         self.database = database
         self.source = source
@@ -43,6 +45,7 @@ class MemdbHandle:
         self._engines = engines
         self._release = release
         self._save = save
+        self._classes = classes
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._sync_sessionmaker: orm.sessionmaker[orm.Session] | None = None
         self._closed = False
@@ -74,13 +77,17 @@ class MemdbHandle:
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         """Hand this to application code (for example a FastAPI dependency override)."""
         if self._sessionmaker is None:
-            self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+            self._sessionmaker = async_sessionmaker(
+                self.engine, class_=self._classes.async_class, expire_on_commit=False
+            )
         return self._sessionmaker
 
     @property
     def sync_sessionmaker(self) -> orm.sessionmaker[orm.Session]:
         if self._sync_sessionmaker is None:
-            self._sync_sessionmaker = orm.sessionmaker(self.sync_engine, expire_on_commit=False)
+            self._sync_sessionmaker = orm.sessionmaker(
+                self.sync_engine, class_=self._classes.sync_class, expire_on_commit=False
+            )
         return self._sync_sessionmaker
 
     def session(self) -> AsyncSession:

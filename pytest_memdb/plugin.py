@@ -205,21 +205,48 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
 def open_database(
     request: pytest.FixtureRequest, fixture: str, target: Callable[[], Target]
 ) -> Iterator[MemdbHandle]:
-    """Set up one database fixture: configuration errors become a clean test error."""
+    """Set up one database fixture: configuration errors become a clean test error.
+
+    The app objects the target binds (``memdb_bind``) point at the database for as long
+    as the fixture lives.
+    """
     try:
-        handle = _registry(request.config).open(target())
+        wanted = target()
+        registry = _registry(request.config)
+        handle = registry.open(wanted)
     except MemdbError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
     held = request.node.stash.setdefault(open_handles_key, [])
     held.append((fixture, handle))
     try:
-        yield handle
+        if wanted.bind:
+            binder = registry.binder(wanted.bind, wanted.bind_origin)
+            try:
+                binder.objects()
+            except MemdbError as exc:
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+            with binder.bound(handle):
+                yield handle
+        else:
+            yield handle
     finally:
         held.remove((fixture, handle))
         try:
             handle.close()
         except MemdbError as exc:  # the test escaped its isolation: an error at its teardown
             raise pytest.fail.Exception(str(exc), pytrace=False) from None
+
+
+@pytest.fixture(autouse=True)
+def _memdb_bind(request: pytest.FixtureRequest) -> None:
+    """With ``memdb_bind`` (or a marker's ``bind=``), every test gets ``memdb``, so the app's
+    objects never reach the app's own database, even in tests that do not ask for it."""
+    settings = request.config.stash.get(settings_key, None)
+    if settings is None:
+        return
+    marker = request.node.get_closest_marker("memdb")
+    if settings.bind or (marker is not None and marker.kwargs.get("bind")):
+        request.getfixturevalue("memdb")
 
 
 @pytest.fixture

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_memdb._loop import run_sync
+from pytest_memdb.binding import Binder
 from pytest_memdb.config import Isolation, MemdbConfig, Target
 from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.isolation import ESCAPED, STRATEGIES, Strategy
 from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
 from pytest_memdb.pragmas import Pragmas
-from pytest_memdb.templates import TemplateHook, build_template
+from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, session_classes
+from pytest_memdb.templates import TemplateHook, build_template, import_metadata
 from pytest_memdb.working import WorkingDatabase
 
 
@@ -37,6 +39,7 @@ class Template:
         worker: str,
         label: str,
         pragmas: Pragmas = (),
+        classes: SessionClasses = DEFAULT_CLASSES,
     ) -> None:
         self.source = source
         self.database = database
@@ -45,6 +48,7 @@ class Template:
         self.label = label
         """Readable part of the names of this template's databases (file stem or fixture)."""
         self.pragmas = pragmas
+        self.classes = classes
         self._working: WorkingDatabase | None = None
         self._session: WorkingDatabase | None = None
         self._as_built = database.writes()
@@ -61,6 +65,7 @@ class Template:
             engines=engines,
             release=lambda: self._end(strategy, working),
             save=save,
+            classes=self.classes,
         )
 
     def _take(self, strategy: Strategy) -> WorkingDatabase:
@@ -158,6 +163,7 @@ class MemdbRegistry:
         self._hook = hook
         self._templates: dict[tuple[object, ...], Template] = {}
         self._failures: dict[tuple[tuple[object, ...], str], MemdbError] = {}
+        self._binders: dict[tuple[tuple[str, ...], str], Binder] = {}
 
     def open(self, target: Target) -> MemdbHandle:
         """This test's database, isolated as ``target.isolation`` says."""
@@ -190,8 +196,31 @@ class MemdbRegistry:
                 worker=self.worker,
                 label=label,
                 pragmas=self.settings.pragmas,
+                classes=self._session_classes(target),
             )
         return self._templates[key]
+
+    def _session_classes(self, target: Target) -> SessionClasses:
+        settings = self.settings
+        metadata = (
+            import_metadata(target.metadata, target.metadata_origin, settings.base_dir)
+            if target.metadata
+            else None
+        )
+        return session_classes(
+            settings.session_class,
+            settings.sync_session_class,
+            metadata,
+            ini_name=settings.ini_name,
+            base_dir=settings.base_dir,
+        )
+
+    def binder(self, paths: tuple[str, ...], origin: str) -> Binder:
+        """The :class:`Binder` for these paths (made once: it remembers where engines are)."""
+        key = (paths, origin)
+        if key not in self._binders:
+            self._binders[key] = Binder(paths, origin, self.settings.base_dir)
+        return self._binders[key]
 
     def close(self) -> None:
         """Free every template (called once, at the end of the session)."""
