@@ -227,6 +227,14 @@ class EnginePair:
 
             run_sync(util.greenlet_spawn(_invalidate, leftovers))
 
+    def pending_writer(self) -> TrackedConnection | None:
+        """A connection a test holds (checked out) with a transaction open, if there is one."""
+        for record in list(self._out.values()):
+            raw = raw_connection(record.dbapi_connection)
+            if raw is not None and raw.in_transaction:
+                return raw
+        return None
+
     def listeners_changed(self) -> bool:
         """Whether a listener was added to (or removed from) an engine since it was made."""
         return any(listeners(engine) != self._baseline[id(engine)] for engine in self._engines())

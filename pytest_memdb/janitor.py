@@ -5,6 +5,7 @@ Imports SQLAlchemy: load it lazily (the plugin does, on the first memdb fixture)
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pytest_memdb.config import Isolation
-from pytest_memdb.dumps import save_committed
+from pytest_memdb.dumps import save_committed, save_connection_view
 from pytest_memdb.isolation import EngineSource
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.queries import QueryCounter
@@ -99,16 +100,30 @@ class MemdbHandle:
         """Count or cap the statements run on this database (the ``memdb_queries`` fixture)."""
         return QueryCounter(self.name)
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: Path) -> str:
         """Write this database, as the test sees it now, to ``path`` as a SQLite file.
 
         In ``rollback`` mode that includes what the test committed (which lives only
         inside the outer transaction) and its sessions' uncommitted writes; in the
-        other modes, what was committed.
+        other modes, what was committed, or, when a session of the test still holds a
+        write (SQLite's memdb then lets no other connection read), what that session sees:
+        the committed rows and its pending ones. Returns what was written, in words.
         """
         if self._save is not None:
-            return self._save(path)
-        return save_committed(self.database, path)
+            self._save(path)
+            return "the database as the test left it"
+        try:
+            save_committed(self.database, path)
+        except sqlite3.OperationalError:
+            writer = getattr(self._engines, "pending_writer", lambda: None)()
+            if writer is None:
+                raise
+            save_connection_view(writer, path)
+            return (
+                "the database as the test left it, with the uncommitted writes of the "
+                "session that held them,"
+            )
+        return "the database as the test left it"
 
     def close(self) -> None:
         """Hand the database back (undone, as the isolation mode says); safe to call twice.

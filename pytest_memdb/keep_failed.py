@@ -50,9 +50,9 @@ def keep_databases(
     for fixture, handle in held:
         path = dump_path(directory, item.nodeid, fixture)
         try:
-            handle.save(path)
+            what = handle.save(path)
         except (OSError, sqlite3.Error) as exc:
             lines.append(f"{fixture}: could not write the database to {path}: {exc}")
         else:
-            lines.append(f"{fixture}: the database as the test left it is in {path}")
+            lines.append(f"{fixture}: {what} is in {path}")
     return lines

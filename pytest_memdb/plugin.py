@@ -25,9 +25,11 @@ if TYPE_CHECKING:
     from pytest_memdb.janitor import MemdbHandle
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
+    from pytest_memdb.strict import StrictGuard
 
 settings_key = pytest.StashKey[MemdbConfig]()
 registry_key = pytest.StashKey["MemdbRegistry"]()
+strict_key = pytest.StashKey["StrictGuard"]()
 open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
 """The databases a test holds, by fixture name, for ``--memdb-keep-failed``."""
 
@@ -168,6 +170,35 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return f"memdb: {', '.join(sources)}, isolation={settings.isolation}"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    settings = item.config.stash.get(settings_key, None)
+    if settings is not None and settings.strict:
+        _strict_guard(item.config).begin()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        yield
+    finally:
+        guard = item.config.stash.get(strict_key, None)
+        opened = guard.end() if guard is not None else []
+        if opened:
+            raise pytest.fail.Exception("\n".join(opened), pytrace=False)
+
+
+def _strict_guard(config: pytest.Config) -> StrictGuard:
+    guard = config.stash.get(strict_key, None)
+    if guard is None:
+        from pytest_memdb.strict import StrictGuard
+
+        guard = StrictGuard()
+        config.stash[strict_key] = guard
+        config.add_cleanup(guard.close)
+    return guard
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -218,6 +249,9 @@ def open_database(
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
     held = request.node.stash.setdefault(open_handles_key, [])
     held.append((fixture, handle))
+    guard = request.config.stash.get(strict_key, None)
+    if guard is not None:
+        guard.allow(handle.name)
     try:
         if wanted.bind:
             binder = registry.binder(wanted.bind, wanted.bind_origin)

@@ -39,16 +39,22 @@ def build_template(
 ) -> MemoryDatabase:
     """A new in-memory database called ``name`` with everything ``target`` asks for.
 
-    The fixture file (if any) is copied first; then, in ONE transaction, the
-    metadata's missing tables are created, the load steps run in order, and the hook
-    runs. Any failure rolls the transaction back, frees the database and raises a
-    :class:`MemdbError` that names the step and carries the original exception.
+    The fixture file (if any) is copied first; then the Alembic migrations (if any) run
+    on it; then, in ONE transaction, the metadata's missing tables are created, the load
+    steps run in order, and the hook runs. Any failure rolls the transaction back, frees
+    the database and raises a :class:`MemdbError` that names the step and carries the
+    original exception.
+
+    With migrations, the metadata's tables are not created: the migrations own the
+    schema, and the models are checked against it instead (the drift check,
+    :func:`pytest_memdb.migrations.check_drift`), so a missing migration fails the
+    template rather than being papered over by ``create_all``.
     """
     if target.file is not None:
         database = load_file(target.file, name, origin=target.file_origin, shared=False)
     else:
         database = MemoryDatabase(name, shared=False)
-    if target.metadata is None and not target.load and hook is None:
+    if target.metadata is None and not target.load and hook is None and target.alembic is None:
         return database
     try:
         metadata = (
@@ -56,8 +62,10 @@ def build_template(
             if target.metadata
             else None
         )
+        if target.alembic is not None:
+            _migrate(target, database, metadata)
         with _seeding_connection(database, pragmas) as conn, conn.begin():
-            if metadata is not None:
+            if metadata is not None and target.alembic is None:
                 _step(f"creating the tables of {target.metadata!r}", metadata.create_all, conn)
             for step in target.load:
                 _run_load_step(step, conn, base_dir)
@@ -67,6 +75,13 @@ def build_template(
         database.close()
         raise
     return database
+
+
+def _migrate(target: Target, database: MemoryDatabase, metadata: MetaData | None) -> None:
+    """Run ``target``'s Alembic migrations on the template (Alembic is imported only here)."""
+    from pytest_memdb.migrations import run_migrations
+
+    run_migrations(target, database, metadata=metadata)
 
 
 class _Borrowed:

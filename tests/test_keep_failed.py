@@ -304,15 +304,44 @@ def test_uncommitted_write_does_not_hang_the_dump(
     )
     result.assert_outcomes(failed=1, passed=1)
     path = pytester.path / "dumps" / "test_pending.py_test_left_uncommitted.sqlite"
-    if isolation == "rollback":
-        # One connection holds the test's view: its committed and its pending rows.
-        assert names_in(path) == [*BASE, "committed", "pending"]
-    else:
-        # SQLite's memdb lets nobody read past a pending write: the dump says why instead.
-        assert not path.exists()
+    # Rollback mode: one connection holds the test's view. Copy and session modes: SQLite's
+    # memdb lets nobody read past the pending write, so the session that holds it is
+    # written out, its committed and its pending rows.
+    assert names_in(path) == [*BASE, "committed", "pending"]
+    if isolation != "rollback":
         result.stdout.fnmatch_lines(
-            [f"memdb: could not write the database to {path}: *uncommitted write*"]
+            [
+                "memdb: the database as the test left it, with the uncommitted writes of the "
+                f"session that held them, is in {path}"
+            ]
         )
+
+
+LEAKED_WRITER = """
+import sqlite3
+
+
+def test_left_a_write_of_its_own(memdb):
+    leak = sqlite3.connect(memdb.database.sqlite_uri, uri=True, check_same_thread=False)
+    leak.execute("INSERT INTO user (name) VALUES ('pending')")
+    assert False, "failed with a write pending on a connection of its own"
+"""
+
+
+def test_a_pending_write_of_a_connection_not_the_plugins_is_explained(
+    pytester: pytest.Pytester,
+) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(test_leak=LEAKED_WRITER)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--memdb-keep-failed", "dumps", timeout=60
+    )
+    result.assert_outcomes(failed=1)
+    path = pytester.path / "dumps" / "test_leak.py_test_left_a_write_of_its_own.sqlite"
+    assert not path.exists()
+    result.stdout.fnmatch_lines(
+        [f"memdb: could not write the database to {path}: *uncommitted write*"]
+    )
 
 
 def test_teardown_and_expected_failures(pytester: pytest.Pytester) -> None:

@@ -1,0 +1,86 @@
+"""``memdb_strict``: a test that reaches a SQLite database other than its own fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import write_ini
+
+pytestmark = pytest.mark.usefixtures("app_db")
+
+TESTS = """
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+def test_1_missed_engine_is_stopped_before_the_file_is_made(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path}/real.db")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        pass  # an app that swallows errors must not hide it
+    assert not (tmp_path / "real.db").exists()
+
+
+async def test_2_engines_on_memdb_url_are_allowed(memdb_url, memdb):
+    engine = create_async_engine(memdb_url)
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM user"))).scalar() == 3
+    await engine.dispose()
+    sync = create_engine(memdb.sync_url)
+    with sync.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    sync.dispose()
+
+
+async def test_3_async_missed_engine(tmp_path):
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/other.db")
+    with pytest.raises(Exception, match="memdb_strict"):
+        async with engine.connect():
+            pass
+    await engine.dispose()
+
+
+def test_4_without_memdb_at_all_is_checked_too(tmp_path):
+    engine = create_engine("sqlite://")
+    with engine.connect():
+        pass
+"""
+
+
+def test_strict_mode_fails_tests_that_open_another_sqlite_database(
+    pytester: pytest.Pytester,
+) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_strict="true")
+    pytester.makepyfile(test_strict=TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rE")
+    # 1, 3 and 4 error at teardown, also where the test swallowed the error (1) or expected
+    # it (3); 4 fails in its body too (an in-memory database is another database as well).
+    result.assert_outcomes(passed=3, failed=1, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_1_missed_engine_is_stopped_before_the_file_is_made*",
+            "pytest-memdb (memdb_strict): this test opened the SQLite database '*real.db' "
+            "through SQLAlchemy, which is not one of its memdb databases (it has none), at "
+            "*test_strict.py:* (test_1_missed_engine_is_stopped_before_the_file_is_made)*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*opened the SQLite database ':memory:'*"])
+
+
+def test_without_strict_nothing_is_checked(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(
+        test_lax="""
+        from sqlalchemy import create_engine
+
+
+        def test_other_database(tmp_path):
+            with create_engine(f"sqlite:///{tmp_path}/real.db").connect():
+                pass
+            assert (tmp_path / "real.db").exists()
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
