@@ -46,6 +46,7 @@ INI_OPTIONS = (
     "memdb_alembic",
     "memdb_alembic_revision",
     "memdb_strict",
+    "memdb_cache",
 )
 """Every ini option of the plugin: any other ``memdb_*`` key is a typo (:func:`check_ini_keys`)."""
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -139,6 +140,9 @@ class MemdbConfig:
     strict: bool = False
     """Fail a test that opens a SQLite database that is not one of its memdb databases."""
     ini_name: str = "the ini file"
+    cache: bool = False
+    """Keep built templates in pytest's cache folder (:mod:`pytest_memdb.cache`)."""
+    rebuild: bool = False
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> MemdbConfig:
@@ -212,6 +216,8 @@ class MemdbConfig:
             sync_session_class=sync_session_class,
             strict=bool(config.getini("memdb_strict")),
             ini_name=ini_name,
+            cache=bool(config.getoption("memdb_cache")) or bool(config.getini("memdb_cache")),
+            rebuild=bool(config.getoption("memdb_rebuild")),
         )
 
     def target_for(self, node: pytest.Item) -> Target:
@@ -247,7 +253,7 @@ class MemdbConfig:
         if kwargs.get("bind") is not None:
             bind_origin = "@pytest.mark.memdb(bind=...)"
             bind = parse_bind(kwargs["bind"], bind_origin)
-        if file is None and metadata is None and alembic is None:
+        if file is None and metadata is None and alembic is None and not load:
             raise MemdbError(
                 "pytest-memdb: no SQLite fixture file, metadata or migrations are configured "
                 "(ini options memdb_file, memdb_metadata, memdb_alembic; command line "

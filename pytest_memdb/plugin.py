@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import Session
 
+    from pytest_memdb.cache import TemplateCache
     from pytest_memdb.janitor import MemdbHandle
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
@@ -70,6 +71,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="Write the database of each failing test to DIR/<test id>.sqlite, as it was "
         "at the failure.",
+    )
+    group.addoption(
+        "--memdb-cache",
+        dest="memdb_cache",
+        action="store_true",
+        default=False,
+        help="Keep built templates in pytest's cache folder and reuse them across xdist "
+        "workers and runs until an input changes (overrides memdb_cache).",
+    )
+    group.addoption(
+        "--memdb-rebuild",
+        dest="memdb_rebuild",
+        action="store_true",
+        default=False,
+        help="Build every cached template again (once per run) and replace it in the cache.",
     )
     parser.addini(
         "memdb_file",
@@ -132,6 +148,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "memdb_alembic_revision",
         "The revision memdb_alembic migrates the template to (default head).",
         default="head",
+    )
+    parser.addini(
+        "memdb_cache",
+        "Keep built templates in pytest's cache folder, keyed by everything that built them: "
+        "xdist workers build each once between them, later runs reuse it.",
+        type="bool",
+        default=False,
     )
     parser.addini(
         "memdb_strict",
@@ -223,14 +246,45 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
         from pytest_memdb.templates import hook_runner
 
         workerinput = getattr(config, "workerinput", {})
+        settings = config.stash[settings_key]
         registry = MemdbRegistry(
-            config.stash[settings_key],
+            settings,
             workerinput.get("workerid", "main"),
             hook_runner(config.hook.pytest_memdb_template, config),
+            cache=_template_cache(config, settings) if settings.cache else None,
         )
         config.stash[registry_key] = registry
         config.add_cleanup(registry.close)
     return registry
+
+
+def _template_cache(config: pytest.Config, settings: MemdbConfig) -> TemplateCache | None:
+    """The run's :class:`TemplateCache`, or None (with a warning) without pytest's cache."""
+    from pytest_memdb.cache import TemplateCache
+
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                "pytest-memdb: memdb_cache needs pytest's cache (it is off: -p no:cacheprovider); "
+                "templates are built as without it."
+            ),
+            stacklevel=2,
+        )
+        return None
+    workerinput = getattr(config, "workerinput", {})
+    import uuid
+
+    return TemplateCache(
+        cache.mkdir("pytest-memdb"),
+        run_id=workerinput.get("testrunuid") or uuid.uuid4().hex,
+        rebuild=settings.rebuild,
+        base_dir=settings.base_dir,
+        pragmas=settings.pragmas,
+        hook_functions=[
+            impl.function for impl in config.hook.pytest_memdb_template.get_hookimpls()
+        ],
+    )
 
 
 def open_database(

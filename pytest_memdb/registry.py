@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pytest_memdb._loop import run_sync
 from pytest_memdb.binding import Binder
+from pytest_memdb.cache import TemplateCache
 from pytest_memdb.config import Isolation, MemdbConfig, Target
 from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.isolation import ESCAPED, STRATEGIES, Strategy
@@ -156,11 +157,17 @@ class MemdbRegistry:
     """Builds each template once and hands out per-test handles."""
 
     def __init__(
-        self, settings: MemdbConfig, worker: str, hook: TemplateHook | None = None
+        self,
+        settings: MemdbConfig,
+        worker: str,
+        hook: TemplateHook | None = None,
+        *,
+        cache: TemplateCache | None = None,
     ) -> None:
         self.settings = settings
         self.worker = worker
         self._hook = hook
+        self.cache = cache
         self._templates: dict[tuple[object, ...], Template] = {}
         self._failures: dict[tuple[tuple[object, ...], str], MemdbError] = {}
         self._binders: dict[tuple[tuple[str, ...], str], Binder] = {}
@@ -178,13 +185,20 @@ class MemdbRegistry:
             raise failure
         if key not in self._templates:
             label = target.file.stem if target.file is not None else target.fixture
-            try:
-                database = build_template(
+            name = unique_name(self.worker, label, "template")
+
+            def build() -> MemoryDatabase:
+                return build_template(
                     target,
-                    unique_name(self.worker, label, "template"),
+                    name,
                     base_dir=self.settings.base_dir,
                     pragmas=self.settings.pragmas,
                     hook=self._hook,
+                )
+
+            try:
+                database = (
+                    build() if self.cache is None else self.cache.template(target, name, build)
                 )
             except MemdbError as exc:
                 self._failures[failure_key] = exc
