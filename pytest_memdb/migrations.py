@@ -100,7 +100,7 @@ def run_migrations(
             if outcome.error is not None:
                 if attempt == 0 and _wrong_driver(outcome.error) and not outcome.refused:
                     continue
-                raise _failure(where, outcome, script, config)
+                raise _failure(where, outcome, script)
             if metadata is not None:
                 check_drift(build, metadata, outcome.compare_opts, where, target)
             _backup(build, template, where)
@@ -151,8 +151,17 @@ def _load_project(ini: Path, where: str) -> tuple[Config, ScriptDirectory]:
         with _sys_path_kept():
             script = ScriptDirectory.from_config(config)
     except CommandError as exc:
+        relative = (
+            ""
+            if Path(location).is_absolute()
+            else (
+                f" (Alembic reads a relative script_location from the current folder, "
+                f"{str(Path.cwd())!r}; write %(here)s/{location} for the alembic.ini's folder)"
+            )
+        )
         raise MemdbError(
-            f"pytest-memdb: {where}: script_location {location!r} cannot be used: {exc}"
+            f"pytest-memdb: {where}: script_location {location!r} cannot be used: "
+            f"{str(exc).strip()}{relative}"
         ) from None
     return config, script
 
@@ -273,7 +282,7 @@ def _guard(build: MemoryDatabase, outcome: _Outcome) -> Iterator[None]:
 
 def _shown_url(dialect: Any, cargs: Any, cparams: dict[str, Any]) -> str:
     """The refused database as a URL (the password hidden): ``do_connect`` gets no URL."""
-    driver = f"{dialect.name}+{dialect.driver}"
+    driver = dialect.name if _default_driver(dialect) else f"{dialect.name}+{dialect.driver}"
     if dialect.name == "sqlite":
         return f"{driver}:///{cargs[0] if cargs else cparams.get('database', '')}"
     try:
@@ -288,6 +297,14 @@ def _shown_url(dialect: Any, cargs: Any, cparams: dict[str, Any]) -> str:
         ).render_as_string(hide_password=False)
     except Exception:
         return f"{driver} ({', '.join(map(str, cargs))})"
+
+
+def _default_driver(dialect: Any) -> bool:
+    """Whether ``dialect`` is what its bare name loads (``sqlite://`` is pysqlite's)."""
+    try:
+        return bool(URL.create(dialect.name).get_dialect().driver == dialect.driver)
+    except Exception:
+        return False
 
 
 @contextmanager
@@ -330,7 +347,7 @@ def _wrong_driver(error: BaseException) -> bool:
     return isinstance(error, InvalidRequestError) and "requires an async driver" in str(error)
 
 
-def _failure(where: str, outcome: _Outcome, script: ScriptDirectory, config: Config) -> MemdbError:
+def _failure(where: str, outcome: _Outcome, script: ScriptDirectory) -> MemdbError:
     error = outcome.error
     assert error is not None
     if outcome.refused:
