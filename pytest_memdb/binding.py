@@ -39,9 +39,8 @@ from sqlalchemy.orm import scoped_session, sessionmaker
 
 from pytest_memdb._loop import run_sync
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.importing import describe, import_object
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.templates import _found as describe
-from pytest_memdb.templates import import_object
 
 KINDS = (
     "Engine, AsyncEngine, sessionmaker, async_sessionmaker, scoped_session or async_scoped_session"

@@ -122,7 +122,7 @@ class TemplateCache:
             for path in (target.file, Path(f"{target.file}-wal")):
                 add("file", _identity(path))
         if target.metadata is not None:
-            from pytest_memdb.templates import import_metadata
+            from pytest_memdb.importing import import_metadata
 
             metadata = import_metadata(target.metadata, target.metadata_origin, self._base_dir)
             add("ddl", _ddl(metadata))

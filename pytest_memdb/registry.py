@@ -13,12 +13,13 @@ from pytest_memdb.binding import Binder
 from pytest_memdb.cache import TemplateCache
 from pytest_memdb.config import Isolation, MemdbConfig, Target
 from pytest_memdb.errors import IsolationError, MemdbError
+from pytest_memdb.importing import import_metadata
 from pytest_memdb.isolation import ESCAPED, STRATEGIES, Strategy
 from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
 from pytest_memdb.pragmas import Pragmas
 from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, session_classes
-from pytest_memdb.templates import TemplateHook, build_template, import_metadata
+from pytest_memdb.templates import TemplateHook, build_template
 from pytest_memdb.working import WorkingDatabase
 
 

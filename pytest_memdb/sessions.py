@@ -20,8 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.templates import _found as describe
-from pytest_memdb.templates import import_object
+from pytest_memdb.importing import describe, import_object
 
 
 @dataclass(frozen=True)

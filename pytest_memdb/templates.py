@@ -7,10 +7,8 @@ Imports SQLAlchemy: load lazily.
 
 from __future__ import annotations
 
-import importlib
 import re
 import sqlite3
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ from sqlalchemy.pool import StaticPool
 
 from pytest_memdb.config import LoadStep, Target
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.importing import describe, import_metadata, import_object
 from pytest_memdb.loading import load_file
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
@@ -157,7 +156,7 @@ def _run_load_step(step: LoadStep, conn: Connection, base_dir: Path) -> None:
     function = import_object(step.callable, step.origin, base_dir)
     if not callable(function):
         raise MemdbError(
-            f"pytest-memdb: {step.origin}: {step.callable!r} is {_found(function)}, not a "
+            f"pytest-memdb: {step.origin}: {step.callable!r} is {describe(function)}, not a "
             "callable taking a sync SQLAlchemy Connection."
         )
     result = _step(f"running the {step.describe()}", function, conn)
@@ -197,57 +196,6 @@ def split_sql(script: str) -> list[str]:
 def _has_code(statement: str) -> bool:
     without_comments = re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.S)
     return bool(without_comments.strip(" \t\r\n;"))
-
-
-def import_object(dotted: str, origin: str, base_dir: Path) -> Any:
-    """``package.module:Name`` imported as if from ``base_dir`` (the ini file's folder)."""
-    module_name, _, attribute = dotted.partition(":")
-    folder = str(base_dir)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise MemdbError(
-            f"pytest-memdb: {origin} {dotted!r}: importing module {module_name!r} (from "
-            f"{folder}) failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        if added and folder in sys.path:
-            sys.path.remove(folder)
-    found: Any = module
-    for part in attribute.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise MemdbError(
-                f"pytest-memdb: {origin} {dotted!r}: module {module_name!r} has no attribute "
-                f"{attribute!r}."
-            ) from None
-    return found
-
-
-def import_metadata(dotted: str, origin: str, base_dir: Path) -> MetaData:
-    """The ``MetaData`` that ``dotted`` names, directly or as a declarative base's."""
-    found = import_object(dotted, origin, base_dir)
-    if isinstance(found, MetaData):
-        return found
-    metadata = getattr(found, "metadata", None) if isinstance(found, type) else None
-    if isinstance(metadata, MetaData):
-        return metadata
-    raise MemdbError(
-        f"pytest-memdb: {origin} {dotted!r} is {_found(found)}; expected a DeclarativeBase "
-        "subclass (class Base(DeclarativeBase)) or a sqlalchemy.MetaData."
-    )
-
-
-def _found(obj: object) -> str:
-    name = type(obj).__name__
-    kind = (
-        "a class" if isinstance(obj, type) else f"{'an' if name[0] in 'AEIOUaeiou' else 'a'} {name}"
-    )
-    return f"{kind} ({obj!r})"
 
 
 def hook_runner(caller: Any, config: Any) -> TemplateHook:
