@@ -261,9 +261,18 @@ def make_analytics(path: Path) -> None:
     conn.close()
 
 
+def make_alembic(path: Path) -> None:
+    """What ``alembic init migrations`` writes (the generic env.py, unchanged), at ``path``."""
+    from alembic import command
+    from alembic.config import Config
+
+    command.init(Config(str(path)), str(path.parent / "migrations"))
+
+
 FIXTURES: dict[str, Callable[[Path], None]] = {
     "books.sqlite": make_books,
     "analytics.sqlite": make_analytics,
+    "alembic.ini": make_alembic,
 }
 
 BLOCKS = read_blocks(README.read_text(encoding="utf-8"))
@@ -385,14 +394,15 @@ def test_readme_project_passes(pytester: pytest.Pytester, name: str | None) -> N
     if name is None:
         pytest.fail("no project could be read from README.md (see test_every_snippet_is_annotated)")
     project = resolve(PROJECTS, name)
-    for path, text in project.files.items():
-        target = pytester.path / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+    # Generated files first (``alembic init`` wants an empty folder), the snippets over them.
     for fixture in project.fixtures:
         target = pytester.path / fixture
         target.parent.mkdir(parents=True, exist_ok=True)
         FIXTURES[Path(fixture).name](target)
+    for path, text in project.files.items():
+        target = pytester.path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
     before = _files(pytester.path)
     result = run_like_a_user(pytester.path)
     output = result.stdout.str() + result.stderr.str()
