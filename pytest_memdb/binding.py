@@ -15,14 +15,19 @@ runs after a failure, a skip, a timeout and Ctrl-C too):
 * ``Engine``, ``AsyncEngine``: an engine object cannot be re-pointed (its pool, dialect and
   listeners belong to the app's database), so every *module global* that refers to it, in
   every module loaded (``from app.db import engine`` copies included), is replaced by the
-  test's engine of the same kind, and so is the bind of every sessionmaker found in a
-  module global that was bound to it. Not reached: references held elsewhere (an
-  attribute of an object, a closure, a default argument, a dict): name those objects
-  instead, or bind the sessionmaker the code uses.
+  test's engine of the same kind, and so is the attribute the option names when that is
+  not a module's (``app.config:settings.engine``). Sessionmakers and scoped sessions found
+  in module globals that are bound to it (``bind=`` or one of ``binds=``) are re-bound.
+  Not reached: references held elsewhere (another object's attribute, a closure, a
+  default argument, a dict, an ``lru_cache``): name those objects instead, or bind the
+  sessionmaker the code uses.
 
-The places that hold an engine are found by scanning ``sys.modules`` once per engine, and
-again only in modules imported since, so a test pays for the scan once (about 1 ms per
-thousand modules, measured here with pytest and SQLAlchemy loaded).
+A module imported *during* a test that copies the test's engine (``from app.db import
+engine`` in a module loaded lazily) is found at the end of the test and given the app's
+engine back, so nothing of a test outlives it. The places that hold an engine are found
+by scanning ``sys.modules`` once per engine, and again only in modules loaded since (each
+module looked at once: about 1 ms per thousand modules, measured here with pytest and
+SQLAlchemy loaded).
 """
 
 from __future__ import annotations
@@ -31,10 +36,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_scoped_session, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_scoped_session,
+    async_sessionmaker,
+)
 from sqlalchemy.orm import scoped_session, sessionmaker
 
 from pytest_memdb._loop import run_sync
@@ -42,44 +53,66 @@ from pytest_memdb.errors import MemdbError
 from pytest_memdb.importing import describe, import_object
 from pytest_memdb.janitor import MemdbHandle
 
+BINDABLE = (
+    Engine,
+    AsyncEngine,
+    sessionmaker,
+    async_sessionmaker,
+    scoped_session,
+    async_scoped_session,
+)
 KINDS = (
     "Engine, AsyncEngine, sessionmaker, async_sessionmaker, scoped_session or async_scoped_session"
 )
 Makers = sessionmaker[Any] | async_sessionmaker[Any]
+Scoped = scoped_session[Any] | async_scoped_session[Any]
 
 
 class _Places:
-    """Where module globals hold an engine, and the sessionmakers in module globals bound to
-    it: found once, then looked for again only in modules loaded since."""
+    """Where module globals hold an engine; the sessionmakers and scoped sessions in module
+    globals bound to it: found once, then looked for again only in modules loaded since."""
 
     def __init__(self, target: Engine | AsyncEngine) -> None:
         self.target = target
-        self._seen: set[str] = set()
+        self._seen: set[int] = set()
         self._places: list[tuple[dict[str, Any], str]] = []
         self._makers: dict[int, Makers] = {}
+        self._scoped: dict[int, Scoped] = {}
 
-    def find(self) -> tuple[list[tuple[dict[str, Any], str]], list[Makers]]:
-        if len(self._seen) != len(sys.modules):
-            for name, module in list(sys.modules.items()):
-                if name not in self._seen:
-                    self._seen.add(name)
-                    self._scan(getattr(module, "__dict__", None))
+    def find(self) -> tuple[list[tuple[dict[str, Any], str]], list[Makers], list[Scoped]]:
+        for namespace in _namespaces():
+            if id(namespace) not in self._seen:
+                self._seen.add(id(namespace))
+                self._scan(namespace)
         places = [(ns, key) for ns, key in self._places if ns.get(key) is self.target]
-        return places, list(self._makers.values())
+        return places, list(self._makers.values()), list(self._scoped.values())
 
-    def _scan(self, namespace: object) -> None:
-        if not isinstance(namespace, dict):
-            return
+    def _scan(self, namespace: dict[str, Any]) -> None:
         for key, value in list(namespace.items()):
             if value is self.target:
                 self._places.append((namespace, key))
             elif isinstance(value, (scoped_session, async_scoped_session)):
-                value = value.session_factory
-            if (
-                isinstance(value, (sessionmaker, async_sessionmaker))
-                and value.kw.get("bind") is self.target
+                if _bound_to(value.session_factory, self.target):
+                    self._scoped[id(value)] = value
+                    self._makers[id(value.session_factory)] = value.session_factory
+            elif isinstance(value, (sessionmaker, async_sessionmaker)) and _bound_to(
+                value, self.target
             ):
                 self._makers[id(value)] = value
+
+
+def _namespaces() -> list[dict[str, Any]]:
+    found = []
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict):
+            found.append(namespace)
+    return found
+
+
+def _bound_to(maker: Makers, engine: object) -> bool:
+    binds = maker.kw.get("binds") or {}
+    return maker.kw.get("bind") is engine or any(value is engine for value in binds.values())
 
 
 class Binder:
@@ -89,31 +122,29 @@ class Binder:
         self.paths = paths
         self.origin = origin
         self._base_dir = base_dir
-        self._objects: list[object] | None = None
+        self._objects: list[tuple[object, object, str]] | None = None
         self._places: dict[int, _Places] = {}
 
-    def objects(self) -> list[object]:
-        """The named objects, each checked to be one that can be bound."""
+    def objects(self) -> list[tuple[object, object, str]]:
+        """The named objects, each checked to be one that can be bound, with the object
+        that holds each (its module, or what the path's last dot is an attribute of)."""
         if self._objects is None:
-            found: list[object] = []
+            found: list[tuple[object, object, str]] = []
             for path in self.paths:
                 obj = import_object(path, self.origin, self._base_dir)
-                if not isinstance(
-                    obj,
-                    (
-                        Engine,
-                        AsyncEngine,
-                        sessionmaker,
-                        async_sessionmaker,
-                        scoped_session,
-                        async_scoped_session,
-                    ),
-                ):
+                if not isinstance(obj, BINDABLE):
                     raise MemdbError(
                         f"pytest-memdb: {self.origin} {path!r} is {describe(obj)}; expected "
                         f"an {KINDS} of your app."
                     )
-                found.append(obj)
+                module, _, attribute = path.partition(":")
+                parent_path, _, name = attribute.rpartition(".")
+                parent = (
+                    import_object(f"{module}:{parent_path}", self.origin, self._base_dir)
+                    if parent_path
+                    else sys.modules[module]
+                )
+                found.append((obj, parent, name))
             self._objects = found
         return self._objects
 
@@ -121,60 +152,136 @@ class Binder:
     def bound(self, handle: MemdbHandle) -> Iterator[None]:
         """Point every named object at ``handle``'s database until the block ends."""
         undo: list[tuple[str, Any, Any]] = []
+        before = {id(namespace) for namespace in _namespaces()}
         try:
-            for obj in self.objects():
-                self._bind(obj, handle, undo)
+            for obj, parent, name in self.objects():
+                self._bind(obj, parent, name, handle, undo)
             yield
         finally:
-            for kind, where, old in reversed(undo):
-                if kind == "global":
-                    namespace, key = where
-                    namespace[key] = old
-                elif kind == "maker":
-                    where.kw.clear()
-                    where.kw.update(old)
-                else:  # "remove": a scoped session's registry
-                    _remove(where)
+            try:
+                self._unbind_late_copies(handle, before, undo)
+            finally:
+                _undo(undo)
 
-    def _bind(self, obj: object, handle: MemdbHandle, undo: list[tuple[str, Any, Any]]) -> None:
+    def _bind(
+        self,
+        obj: object,
+        parent: object,
+        name: str,
+        handle: MemdbHandle,
+        undo: list[tuple[str, Any, Any]],
+    ) -> None:
         if isinstance(obj, (Engine, AsyncEngine)):
-            ours: object = handle.engine if isinstance(obj, AsyncEngine) else handle.sync_engine
-            places, makers = self._places.setdefault(id(obj), _Places(obj)).find()
+            ours = _ours(obj, handle)
+            places, makers, scoped = self._places.setdefault(id(obj), _Places(obj)).find()
             for namespace, key in places:
                 undo.append(("global", (namespace, key), obj))
                 namespace[key] = ours
+            if not isinstance(parent, ModuleType) and getattr(parent, name, None) is obj:
+                undo.append(("attribute", (parent, name), obj))
+                setattr(parent, name, ours)
+            for session in scoped:
+                _clear(session)
+                undo.append(("clear", session, None))
             for maker in makers:
                 _rebind(maker, handle, undo)
         elif isinstance(obj, (scoped_session, async_scoped_session)):
-            _remove(obj)
-            undo.append(("remove", obj, None))
+            _clear(obj)
+            undo.append(("clear", obj, None))
             _rebind(obj.session_factory, handle, undo)
         else:
             assert isinstance(obj, (sessionmaker, async_sessionmaker))
             _rebind(obj, handle, undo)
 
+    def _unbind_late_copies(
+        self, handle: MemdbHandle, before: set[int], undo: list[tuple[str, Any, Any]]
+    ) -> None:
+        """Modules loaded during the test took the test's engines: give them the app's back."""
+        originals: dict[int, object] = {}
+        for obj, _parent, _name in self.objects():
+            if isinstance(obj, (Engine, AsyncEngine)):
+                originals[id(_ours(obj, handle))] = obj
+        if not originals:
+            return
+        for namespace in _namespaces():
+            if id(namespace) in before:
+                continue
+            for key, value in list(namespace.items()):
+                if id(value) in originals:
+                    namespace[key] = originals[id(value)]
+                elif isinstance(value, (scoped_session, async_scoped_session)):
+                    _clear(value)
+                    _give_back(value.session_factory, originals)
+                elif isinstance(value, (sessionmaker, async_sessionmaker)):
+                    _give_back(value, originals)
+
+
+def _give_back(maker: Makers, originals: dict[int, object]) -> None:
+    bind = maker.kw.get("bind")
+    if id(bind) in originals:
+        maker.configure(bind=originals[id(bind)])
+    binds = maker.kw.get("binds")
+    if binds and any(id(value) in originals for value in binds.values()):
+        maker.configure(binds={k: originals.get(id(v), v) for k, v in binds.items()})
+
+
+def _undo(undo: list[tuple[str, Any, Any]]) -> None:
+    for kind, where, old in reversed(undo):
+        if kind == "global":
+            namespace, key = where
+            namespace[key] = old
+        elif kind == "attribute":
+            parent, name = where
+            setattr(parent, name, old)
+        elif kind == "maker":
+            where.kw.clear()
+            where.kw.update(old)
+        else:  # "clear": a scoped session's registry, after the test too
+            _clear(where)
+
 
 def _rebind(maker: Makers, handle: MemdbHandle, undo: list[tuple[str, Any, Any]]) -> None:
-    """``configure`` the maker onto the test's engines, remembering its configuration."""
+    """``configure`` the maker onto the test's engines, remembering its configuration.
+
+    Each engine is replaced by the test's engine of the same kind; a maker with no bind
+    gets the kind its sessions need (``sessionmaker(class_=AsyncSession)``, SQLAlchemy
+    1.4's way, is async).
+    """
     undo.append(("maker", maker, dict(maker.kw)))
-    engine: object = handle.engine if isinstance(maker, async_sessionmaker) else handle.sync_engine
+    bind = maker.kw.get("bind")
+    if isinstance(bind, (Engine, AsyncEngine)):
+        engine = _ours(bind, handle)
+    elif isinstance(maker, async_sessionmaker) or issubclass(maker.class_, AsyncSession):
+        engine = handle.engine
+    else:
+        engine = handle.sync_engine
     new: dict[str, Any] = {"bind": engine}
     binds = maker.kw.get("binds")
     if binds:
-        new["binds"] = {key: _ours(value, handle) for key, value in binds.items()}
+        new["binds"] = {
+            key: _ours(value, handle) if isinstance(value, (Engine, AsyncEngine)) else value
+            for key, value in binds.items()
+        }
     maker.configure(**new)
 
 
-def _ours(engine: object, handle: MemdbHandle) -> object:
-    if isinstance(engine, AsyncEngine):
-        return handle.engine
-    if isinstance(engine, Engine):
-        return handle.sync_engine
-    return engine
+def _ours(engine: Engine | AsyncEngine, handle: MemdbHandle) -> Engine | AsyncEngine:
+    return handle.engine if isinstance(engine, AsyncEngine) else handle.sync_engine
 
 
-def _remove(scoped: scoped_session[Any] | async_scoped_session[Any]) -> None:
-    if isinstance(scoped, async_scoped_session):
-        run_sync(scoped.remove())
-    else:
-        scoped.remove()
+def _clear(scoped: Scoped) -> None:
+    """Close and forget every session the registry holds (made on the app's engine, or on
+    the test's). ``remove()`` alone would reach only the current scope: an
+    ``async_scoped_session`` keyed by the current task would find nothing from here."""
+    registry = scoped.registry
+    sessions = getattr(registry, "registry", None)
+    if isinstance(sessions, dict):
+        held = list(sessions.values())
+        sessions.clear()
+        for session in held:
+            if isinstance(session, AsyncSession):
+                run_sync(session.close())
+            else:
+                session.close()
+    elif isinstance(scoped, scoped_session):
+        scoped.remove()  # thread-local: this thread's

@@ -9,6 +9,7 @@ work under pytest-asyncio (any mode, any loop scope) and anyio alike.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING
 
@@ -183,13 +184,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str | None:
     settings = config.stash.get(settings_key, None)
-    if settings is None or (settings.file is None and settings.metadata is None):
+    if settings is None:
         return None
     sources = []
     if settings.file is not None:
         sources.append(f"file={settings.file} ({settings.file_origin})")
     if settings.metadata is not None:
         sources.append(f"metadata={settings.metadata} ({settings.metadata_origin})")
+    if settings.alembic is not None:
+        sources.append(f"alembic={settings.alembic} ({settings.alembic_revision})")
+    if settings.load:
+        sources.append(f"{len(settings.load)} load step(s)")
+    if not sources:
+        return None
     return f"memdb: {', '.join(sources)}, isolation={settings.isolation}"
 
 
@@ -254,6 +261,9 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
             cache=_template_cache(config, settings) if settings.cache else None,
         )
         config.stash[registry_key] = registry
+        from pytest_memdb._loop import close_private_loop
+
+        config.add_cleanup(close_private_loop)  # cleanups run last-in first-out: after close
         config.add_cleanup(registry.close)
     return registry
 
@@ -295,15 +305,16 @@ def open_database(
     The app objects the target binds (``memdb_bind``) point at the database for as long
     as the fixture lives.
     """
+    guard = request.config.stash.get(strict_key, None)
     try:
         wanted = target()
         registry = _registry(request.config)
-        handle = registry.open(wanted)
+        with guard.paused() if guard is not None else contextlib.nullcontext():
+            handle = registry.open(wanted)  # a build (migrations, seeds) may open others
     except MemdbError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
     held = request.node.stash.setdefault(open_handles_key, [])
     held.append((fixture, handle))
-    guard = request.config.stash.get(strict_key, None)
     if guard is not None:
         guard.allow(handle.name)
     try:

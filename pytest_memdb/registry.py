@@ -198,6 +198,7 @@ class MemdbRegistry:
                 )
 
             try:
+                classes = self._session_classes(target)  # a bad class fails before the build
                 database = (
                     build() if self.cache is None else self.cache.template(target, name, build)
                 )
@@ -211,7 +212,7 @@ class MemdbRegistry:
                 worker=self.worker,
                 label=label,
                 pragmas=self.settings.pragmas,
-                classes=self._session_classes(target),
+                classes=classes,
             )
         return self._templates[key]
 

@@ -84,3 +84,32 @@ def test_without_strict_nothing_is_checked(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_strict_mode_lets_the_plugin_build_its_template_from_migrations(
+    pytester: pytest.Pytester,
+) -> None:
+    # Migrations run on a build database of the plugin's own, while the first test sets up:
+    # that is not the test opening another database.
+    from alembic import command
+    from alembic.config import Config
+
+    command.init(Config(str(pytester.path / "alembic.ini")), str(pytester.path / "migrations"))
+    (pytester.path / "migrations" / "versions" / "0001_items.py").write_text(
+        "import sqlalchemy as sa\nfrom alembic import op\n\nrevision = '0001'\n"
+        "down_revision = None\n\n\ndef upgrade():\n"
+        "    op.create_table('items', sa.Column('id', sa.Integer(), primary_key=True))\n"
+    )
+    write_ini(pytester, memdb_alembic="alembic.ini", memdb_strict="true")
+    pytester.makepyfile(
+        test_migrated="""
+        from sqlalchemy import text
+
+
+        def test_the_migrated_table_is_there(memdb_sync_session):
+            assert memdb_sync_session.execute(text("SELECT count(*) FROM items")).scalar() == 0
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["memdb: alembic=*alembic.ini (head), isolation=copy"])
