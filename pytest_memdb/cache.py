@@ -31,6 +31,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
+import json
 import os
 import sqlite3
 import sys
@@ -51,6 +52,26 @@ LOCK_WAIT_S = 600.0
 """How long a worker waits for another one to finish building a template before it
 builds its own (a build is minutes at worst; a crashed worker's lock is released by the
 system at once)."""
+
+
+class QuickCheckCache:
+    """Fixture files whose ``PRAGMA quick_check`` passed, kept in pytest's cache by identity
+    (:func:`pytest_memdb.loading.file_identity`), so a later run skips the check."""
+
+    KEY = "pytest-memdb/quick-check"
+    LIMIT = 64
+    """Identities kept (the newest): old files' entries should not pile up forever."""
+
+    def __init__(self, cache: pytest.Cache) -> None:
+        self._cache = cache
+        self._known: list[str] = list(cache.get(self.KEY, []))
+
+    def __contains__(self, identity: object) -> bool:
+        return json.dumps(identity) in self._known
+
+    def add(self, identity: tuple[object, ...]) -> None:
+        self._known = [*self._known, json.dumps(identity)][-self.LIMIT :]
+        self._cache.set(self.KEY, self._known)
 
 
 class TemplateCache:

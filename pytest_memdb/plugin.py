@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import Session
 
-    from pytest_memdb.cache import TemplateCache
+    from pytest_memdb.cache import QuickCheckCache, TemplateCache
     from pytest_memdb.janitor import MemdbHandle
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
@@ -259,6 +259,7 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
             workerinput.get("workerid", "main"),
             hook_runner(config.hook.pytest_memdb_template, config),
             cache=_template_cache(config, settings) if settings.cache else None,
+            checked=_checked_files(config),
         )
         config.stash[registry_key] = registry
         from pytest_memdb._loop import close_private_loop
@@ -266,6 +267,16 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
         config.add_cleanup(close_private_loop)  # cleanups run last-in first-out: after close
         config.add_cleanup(registry.close)
     return registry
+
+
+def _checked_files(config: pytest.Config) -> QuickCheckCache | None:
+    """Fixture files known to pass ``quick_check``, in pytest's cache (None without one)."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return None
+    from pytest_memdb.cache import QuickCheckCache
+
+    return QuickCheckCache(cache)
 
 
 def _template_cache(config: pytest.Config, settings: MemdbConfig) -> TemplateCache | None:

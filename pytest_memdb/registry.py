@@ -16,6 +16,7 @@ from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.importing import import_metadata
 from pytest_memdb.isolation import ESCAPED, STRATEGIES, Strategy
 from pytest_memdb.janitor import MemdbHandle
+from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
 from pytest_memdb.pragmas import Pragmas
 from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, session_classes
@@ -164,11 +165,14 @@ class MemdbRegistry:
         hook: TemplateHook | None = None,
         *,
         cache: TemplateCache | None = None,
+        checked: CheckedFiles | None = None,
     ) -> None:
         self.settings = settings
         self.worker = worker
         self._hook = hook
         self.cache = cache
+        self.checked = checked
+        """Fixture files known to pass ``quick_check`` (pytest's cache), or None."""
         self._templates: dict[tuple[object, ...], Template] = {}
         self._failures: dict[tuple[tuple[object, ...], str], MemdbError] = {}
         self._binders: dict[tuple[tuple[str, ...], str], Binder] = {}
@@ -195,6 +199,7 @@ class MemdbRegistry:
                     base_dir=self.settings.base_dir,
                     pragmas=self.settings.pragmas,
                     hook=self._hook,
+                    checked=self.checked,
                 )
 
             try:

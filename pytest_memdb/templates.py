@@ -20,7 +20,7 @@ from sqlalchemy.pool import StaticPool
 from pytest_memdb.config import LoadStep, Target
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.importing import describe, import_metadata, import_object
-from pytest_memdb.loading import load_file
+from pytest_memdb.loading import CheckedFiles, load_file
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 
@@ -35,6 +35,7 @@ def build_template(
     base_dir: Path,
     pragmas: Pragmas = (),
     hook: TemplateHook | None = None,
+    checked: CheckedFiles | None = None,
 ) -> MemoryDatabase:
     """A new in-memory database called ``name`` with everything ``target`` asks for.
 
@@ -50,7 +51,9 @@ def build_template(
     template rather than being papered over by ``create_all``.
     """
     if target.file is not None:
-        database = load_file(target.file, name, origin=target.file_origin, shared=False)
+        database = load_file(
+            target.file, name, origin=target.file_origin, shared=False, checked=checked
+        )
     else:
         database = MemoryDatabase(name, shared=False)
     if target.metadata is None and not target.load and hook is None and target.alembic is None:
