@@ -249,8 +249,14 @@ class EnginePair:
         return None
 
     def listeners_changed(self) -> bool:
-        """Whether a listener was added to (or removed from) an engine since it was made."""
-        return any(listeners(engine) != self._baseline[id(engine)] for engine in self._engines())
+        """Whether a listener was added to (or removed from) an engine since it was made, or
+        its execution options or ``echo`` were changed (``update_execution_options``)."""
+        return any(
+            listeners(engine) != self._baseline[id(engine)]
+            or engine.get_execution_options()
+            or engine.echo != self._echo
+            for engine in self._engines()
+        )
 
     async def settle(self) -> None:
         """After a test: new engines if it changed their listeners, empty pools if it left

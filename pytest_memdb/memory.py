@@ -157,7 +157,7 @@ class MemoryDatabase:
         """
         try:
             return int(self.anchor.execute("PRAGMA data_version").fetchone()[0])
-        except sqlite3.OperationalError:
+        except (sqlite3.OperationalError, sqlite3.ProgrammingError):  # or a closed anchor
             return None
 
     def restore_from(self, source: MemoryDatabase, *, give_up_after: float = 5.0) -> bool:
@@ -197,6 +197,10 @@ class MemoryDatabase:
         except _GaveUp:
             return False
         return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Free the memory; connections still open elsewhere keep the database alive."""

@@ -141,6 +141,7 @@ class SharedConnection:
 
     def __init__(self, database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> None:
         self.database = database
+        self._echo = echo
         self.raw = connect(database.sqlite_uri, isolation_level=None)
         apply_pragmas(self.raw, pragmas)  # once, outside any transaction (foreign_keys needs it)
         self._write_lock = threading.Lock()
@@ -245,6 +246,8 @@ class SharedConnection:
         if self.stateful or self.disturbed is not None:
             return True
         engines = (self.async_engine.sync_engine, self.sync_engine)
+        if any(e.get_execution_options() or e.echo != self._echo for e in engines):
+            return True  # update_execution_options(), echo set by the test
         return [listeners(e) for e in engines] != self._baseline
 
     def save(self, path: Path) -> Path:

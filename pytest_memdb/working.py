@@ -79,8 +79,8 @@ class WorkingDatabase:
         Called before each test (a leaked connection may commit at any time) and after one
         (so the database is the template's again as soon as it can be).
         """
-        if not self.database.is_free():
-            return False
+        if self.database.closed or not self.database.is_free():
+            return False  # closed: a test called memdb.database.close() (the anchor)
         if not self.changed():
             return True
         if not self.database.restore_from(self.template):

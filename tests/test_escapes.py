@@ -554,3 +554,35 @@ def test_a_connect_listener_fires_for_the_test_that_added_it(
     tests = make_project(pytester, mode, inner(CONNECT_LISTENER, mode))
     result = run(pytester)
     result.assert_outcomes(passed=tests)
+
+
+# --- beyond the issue's list: engine options a test changes, the anchor closed ---------------
+
+ENGINE_STATE = """
+
+def test_1_changes_the_engines(memdb, memdb_engine):
+    memdb_engine.sync_engine.update_execution_options(isolation_level="AUTOCOMMIT")
+    memdb.sync_engine.update_execution_options(isolation_level="AUTOCOMMIT")
+    memdb_engine.sync_engine.echo = True
+    memdb.sync_engine.echo = True
+
+
+def test_2_closes_the_anchor_of_its_database(memdb):
+    memdb.database.close()  # reaching into internals: the plugin must still recover
+"""
+
+
+@pytest.mark.parametrize("mode", ["copy", "rollback"])
+def test_engine_options_and_a_closed_anchor_do_not_reach_the_next_test(
+    pytester: pytest.Pytester, mode: str
+) -> None:
+    checks = """
+
+def test_3_engines_as_made(memdb, memdb_engine):
+    for engine in (memdb_engine.sync_engine, memdb.sync_engine):
+        assert engine.get_execution_options() == {}
+        assert engine.echo is False
+"""
+    tests = make_project(pytester, mode, inner(ENGINE_STATE + checks, mode, "copy", "rollback"))
+    result = run(pytester)
+    result.assert_outcomes(passed=tests)
