@@ -24,7 +24,6 @@ over rounds. Suite: the wall time of the whole subprocess. Prints Markdown.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -35,6 +34,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from memdb_bench.common import rotate
+from memdb_bench.report import package_version
+from memdb_bench.suites import PYTEST_INI
+from memdb_bench.ways import CONFTEST_MEMDB, CONFTEST_NODB
 
 MODELS_PY = '''\
 from sqlalchemy import ForeignKey, String, insert
@@ -123,31 +127,11 @@ async def session():
         yield session
     await engine.dispose()
 """,
-    "memdb copy": """\
-import pytest
-
-
-@pytest.fixture
-def session(memdb_session):
-    return memdb_session
-""",
-    "no database": """\
-import pytest
-
-
-@pytest.fixture
-def session():
-    return None
-""",
+    "memdb copy": CONFTEST_MEMDB,
+    "no database": CONFTEST_NODB,
 }
 CONFTESTS["memdb rollback"] = CONFTESTS["memdb copy"]
-INI = """\
-[pytest]
-asyncio_mode = auto
-asyncio_default_fixture_loop_scope = function
-memdb_metadata = models:Base
-memdb_load = models:seed
-"""
+INI = PYTEST_INI + "memdb_metadata = models:Base\nmemdb_load = models:seed\n"
 TIMING_PY = """\
 import json
 import os
@@ -209,8 +193,7 @@ def main() -> None:
         for way in WAYS:  # warm-up: bytecode caches, imports
             _run(folders[way], way, 2)
         for round_no in range(options.rounds):
-            order = WAYS[round_no % len(WAYS) :] + WAYS[: round_no % len(WAYS)]
-            for way in order:
+            for way in rotate(WAYS, round_no):
                 ms, seconds = _run(folders[way], way, options.tests)
                 per_test[way].append(ms)
                 wall[way].append(seconds)
@@ -218,7 +201,7 @@ def main() -> None:
     base = statistics.median(per_test["create_all per test"])
     floor = statistics.median(per_test["no database"])
     versions = ", ".join(
-        f"{name} {importlib.metadata.version(name)}"
+        f"{name} {package_version(name)}"
         for name in ("pytest", "pytest-asyncio", "SQLAlchemy", "aiosqlite", "pytest-memdb")
     )
     print(f"### {options.tests} tests, create_all + ~100 rows per test vs a template\n")

@@ -17,7 +17,7 @@ from pytest_memdb.dumps import save_committed, save_connection_view
 from pytest_memdb.isolation import EngineSource
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.queries import QueryCounter
-from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses
+from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers
 
 
 class MemdbHandle:
@@ -38,6 +38,7 @@ class MemdbHandle:
         release: Callable[[], None],
         save: Callable[[Path], Path] | None = None,
         classes: SessionClasses = DEFAULT_CLASSES,
+        sync_makers: SyncMakers | None = None,
     ) -> None:
         self.database = database
         self.source = source
@@ -47,6 +48,7 @@ class MemdbHandle:
         self._release = release
         self._save = save
         self._classes = classes
+        self._sync_makers = sync_makers or SyncMakers(classes)
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._sync_sessionmaker: orm.sessionmaker[orm.Session] | None = None
         self._closed = False
@@ -86,9 +88,7 @@ class MemdbHandle:
     @property
     def sync_sessionmaker(self) -> orm.sessionmaker[orm.Session]:
         if self._sync_sessionmaker is None:
-            self._sync_sessionmaker = orm.sessionmaker(
-                self.sync_engine, class_=self._classes.sync_class, expire_on_commit=False
-            )
+            self._sync_sessionmaker = self._sync_makers.for_engine(self.sync_engine)
         return self._sync_sessionmaker
 
     def session(self) -> AsyncSession:

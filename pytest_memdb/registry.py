@@ -19,7 +19,7 @@ from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
 from pytest_memdb.pragmas import Pragmas
-from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, session_classes
+from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers, session_classes
 from pytest_memdb.templates import TemplateHook, build_template
 from pytest_memdb.working import WorkingDatabase
 
@@ -52,6 +52,7 @@ class Template:
         """Readable part of the names of this template's databases (file stem or fixture)."""
         self.pragmas = pragmas
         self.classes = classes
+        self._sync_makers = SyncMakers(classes)
         self._working: WorkingDatabase | None = None
         self._session: WorkingDatabase | None = None
         self._as_built = database.writes()
@@ -69,6 +70,7 @@ class Template:
             release=lambda: self._end(strategy, working),
             save=save,
             classes=self.classes,
+            sync_makers=self._sync_makers,
         )
 
     def _take(self, strategy: Strategy) -> WorkingDatabase:

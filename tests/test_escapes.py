@@ -586,3 +586,33 @@ def test_3_engines_as_made(memdb, memdb_engine):
     tests = make_project(pytester, mode, inner(ENGINE_STATE + checks, mode, "copy", "rollback"))
     result = run(pytester)
     result.assert_outcomes(passed=tests)
+
+
+SESSIONMAKER_STATE = """
+from sqlalchemy import event
+
+
+def test_1_changes_the_sessionmakers(memdb):
+    def refuse(session):
+        raise RuntimeError("a listener of an earlier test fired")
+
+    event.listen(memdb.sync_sessionmaker, "before_commit", refuse)
+    memdb.sync_sessionmaker.configure(autoflush=False, info={"left": "by test 1"})
+    memdb.sessionmaker.configure(autoflush=False)
+
+
+def test_2_sessionmakers_as_made(memdb, memdb_sync_session):
+    assert memdb.sync_sessionmaker.kw.get("autoflush", True) is True
+    assert "left" not in memdb.sync_sessionmaker.kw.get("info", {})
+    assert memdb.sessionmaker.kw.get("autoflush", True) is True
+    memdb_sync_session.execute(INSERT, {"name": "x", "email": "x@example.com"})
+    memdb_sync_session.commit()  # the listener would raise
+"""
+
+
+@pytest.mark.parametrize("mode", ["copy", "rollback", "session"])
+def test_sessionmakers_a_test_changed_are_made_anew(pytester: pytest.Pytester, mode: str) -> None:
+    # Sync sessionmakers are reused from test to test (making one costs 128 us); one that
+    # a test configured or listened on must not be.
+    tests = make_project(pytester, mode, INNER_HEAD + SESSIONMAKER_STATE)
+    run(pytester).assert_outcomes(passed=tests)
