@@ -114,7 +114,7 @@ class MemoryDatabase:
         try:
             if target.anchor.execute("PRAGMA page_count").fetchone()[0]:
                 raise DatabaseInUse(name)
-            if not target._backup_over(self, give_up_after):
+            if not target.fill_from(self, give_up_after=give_up_after):
                 raise SourceLocked(self.name)
         except BaseException:
             target.close()
@@ -173,9 +173,9 @@ class MemoryDatabase:
         except sqlite3.OperationalError:
             return False
         self.anchor.execute("COMMIT")
-        return self._backup_over(source, give_up_after)
+        return self.fill_from(source, give_up_after=give_up_after)
 
-    def _backup_over(self, source: MemoryDatabase, give_up_after: float) -> bool:
+    def fill_from(self, source: MemoryDatabase, *, give_up_after: float = 5.0) -> bool:
         """The backup itself; False if a lock taken since the check outlasts ``give_up_after``.
 
         ``sqlite3``'s ``backup()`` retries a busy step forever, so a progress callback gives

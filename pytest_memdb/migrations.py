@@ -25,7 +25,6 @@ import re
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -60,7 +59,6 @@ RECIPE = """\
 
 _ASYNC_ENV = re.compile(r"\b(async_engine_from_config|create_async_engine|AsyncEngine)\b")
 _BACKUP_GIVE_UP_AFTER = 5.0
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
 def run_migrations(
@@ -488,29 +486,19 @@ def _backup(build: MemoryDatabase, template: MemoryDatabase, where: str) -> None
     """Copy the migrated build database over the private template (page-level backup).
 
     ``sqlite3``'s ``backup()`` retries a busy step forever: a connection ``env.py`` left
-    holding a write on the build database would hang the run, so a progress callback
-    gives up after a few seconds.
+    holding a write on the build database would hang the run, so the backup gives up after
+    a few seconds (:meth:`MemoryDatabase.fill_from`).
     """
-    deadline: list[float] = []
-
-    def progress(status: int, remaining: int, total: int) -> None:
-        if status not in (_SQLITE_BUSY, _SQLITE_LOCKED):
-            return
-        if not deadline:
-            deadline.append(time.monotonic() + _BACKUP_GIVE_UP_AFTER)
-        elif time.monotonic() > deadline[0]:
-            raise TimeoutError
-
     try:
-        build.anchor.backup(template.anchor, progress=progress)
-    except TimeoutError:
-        raise MemdbError(
-            f"pytest-memdb: {where}: the migrated database could not be copied into the "
-            f"template: a connection env.py left open still holds a write on it after "
-            f"{_BACKUP_GIVE_UP_AFTER:g} s; close env.py's connections or dispose its engines."
-        ) from None
+        filled = template.fill_from(build, give_up_after=_BACKUP_GIVE_UP_AFTER)
     except sqlite3.Error as exc:
         raise MemdbError(
             f"pytest-memdb: {where}: the migrated database could not be copied into the "
             f"template: {type(exc).__name__}: {exc}"
-        ) from exc
+        ) from None
+    if not filled:
+        raise MemdbError(
+            f"pytest-memdb: {where}: the migrated database could not be copied into the "
+            f"template: a connection env.py left open still holds a write on it after "
+            f"{_BACKUP_GIVE_UP_AFTER:g} s; close env.py's connections or dispose its engines."
+        )
