@@ -459,7 +459,7 @@ def test_a_lock_taken_after_the_check_makes_the_restore_give_up_not_hang(
         other.execute("BEGIN")
         other.execute("SELECT count(*) FROM user").fetchone()  # a read lock, held
         # The step after the lock check: without giving up, sqlite3 would retry forever.
-        assert not copy._backup_over(template, give_up_after=0.05)
+        assert not copy.fill_from(template, give_up_after=0.05)
         assert other.execute("SELECT count(*) FROM user").fetchone() == (2,)
         other.execute("COMMIT")
         assert copy.restore_from(template)
