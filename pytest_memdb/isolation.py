@@ -47,6 +47,9 @@ class Strategy(Protocol):
     restores: bool
     """Whether the working database is made equal to the template around each test."""
 
+    def source(self, working: WorkingDatabase) -> EngineSource | None:
+        """The engines this mode hands out, if they exist yet (nothing is made or begun)."""
+
     def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
         """The engines the test gets, and how to write its view out (None: what was committed)."""
 
@@ -58,6 +61,9 @@ class Copy:
     name: Isolation = "copy"
     restores = True
 
+    def source(self, working: WorkingDatabase) -> EngineSource | None:
+        return working.engines
+
     def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
         return working.engines, None
 
@@ -68,6 +74,9 @@ class Copy:
 class Rollback:
     name: Isolation = "rollback"
     restores = True
+
+    def source(self, working: WorkingDatabase) -> EngineSource | None:
+        return working.shared_if_made
 
     def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
         shared = working.shared
@@ -81,6 +90,9 @@ class Rollback:
 class Session:
     name: Isolation = "session"
     restores = False
+
+    def source(self, working: WorkingDatabase) -> EngineSource | None:
+        return working.engines
 
     def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
         return working.engines, None

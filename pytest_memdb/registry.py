@@ -14,7 +14,7 @@ from pytest_memdb.cache import TemplateCache
 from pytest_memdb.config import Isolation, MemdbConfig, Target
 from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.importing import import_metadata
-from pytest_memdb.isolation import ESCAPED, STRATEGIES, Strategy
+from pytest_memdb.isolation import ESCAPED, STRATEGIES, EngineSource, Strategy
 from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
@@ -61,13 +61,16 @@ class Template:
         """A database for one test, equal to the template as built (except in ``session``)."""
         strategy = STRATEGIES[isolation]
         working = self._take(strategy)
+        source = strategy.source(working)
+        if source is not None and source is not working.last_handed:
+            working.settle_if_needed(source)  # a test of another mode may have reached it
         engines, save = strategy.begin(working)
         return MemdbHandle(
             database=working.database,
             source=self.source,
             isolation=isolation,
             engines=engines,
-            release=lambda: self._end(strategy, working),
+            release=lambda: self._end(strategy, working, engines),
             save=save,
             classes=self.classes,
             sync_makers=self._sync_makers,
@@ -88,14 +91,13 @@ class Template:
         self._working = self._new_working("copy")
         return self._working
 
-    def _end(self, strategy: Strategy, working: WorkingDatabase) -> None:
+    def _end(self, strategy: Strategy, working: WorkingDatabase, engines: EngineSource) -> None:
         """The one way out of every test: the strategy's step, then put everything back."""
         escape = None
         try:
             working.engines.close_leftovers()
             escape = strategy.end(working)
-            if working.needs_settling():
-                run_sync(working.settle())
+            working.settle_if_needed(engines)
             working.reuses += not working.changed()
             if strategy.restores and working is self._working and not working.make_equal():
                 # A connection the test leaked holds a lock: the next test gets a new one.

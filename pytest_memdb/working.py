@@ -30,6 +30,7 @@ abandoned to whoever holds it and a new one is made under a new name.
 
 from __future__ import annotations
 
+from pytest_memdb._loop import run_sync
 from pytest_memdb.engines import EnginePair
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas
@@ -61,12 +62,18 @@ class WorkingDatabase:
         self.reuses = 0
         """How many tests left the database as they got it (nothing committed: no restore)."""
         self._version = self.database.data_version()
+        self.last_handed: object = None
+        """The engines the last test was handed (checked again only when that changes)."""
 
     @property
     def shared(self) -> SharedConnection:
         """Rollback mode's one connection on this database (made on first use)."""
         if self._shared is None:
             self._shared = SharedConnection(self.database, echo=self._echo, pragmas=self._pragmas)
+        return self._shared
+
+    @property
+    def shared_if_made(self) -> SharedConnection | None:
         return self._shared
 
     def changed(self) -> bool:
@@ -89,18 +96,26 @@ class WorkingDatabase:
         self._version = self.database.data_version()
         return True
 
-    def needs_settling(self) -> bool:
-        """Whether :meth:`settle` has anything to do (checked without an event loop)."""
-        if self.engines.stateful or self.engines.listeners_changed():
-            return True
-        return self._shared is not None and self._shared.needs_renewal()
+    def needs_settling(self, source: object) -> bool:
+        """Whether the connections of ``source`` (the engines a test was handed) carry
+        anything a test left; checked without an event loop, and only for the engines a
+        test could reach (about 12 us an engine)."""
+        if source is self.engines:
+            return self.engines.stateful or self.engines.listeners_changed()
+        return source is self._shared and self._shared is not None and self._shared.needs_renewal()
 
-    async def settle(self) -> None:
+    async def settle(self, source: object) -> None:
         """Close or replace whatever connections a test left state on (see the module doc)."""
-        await self.engines.settle()
-        if self._shared is not None and self._shared.needs_renewal():
+        if source is self.engines:
+            await self.engines.settle()
+        elif source is self._shared and self._shared is not None:
             shared, self._shared = self._shared, None
             await shared.aclose()
+
+    def settle_if_needed(self, source: object) -> None:
+        if self.needs_settling(source):
+            run_sync(self.settle(source))
+        self.last_handed = source
 
     async def aclose(self) -> None:
         """Close every connection and free the memory (also when a leaked lock holds it)."""
