@@ -162,7 +162,7 @@ def _checkpointed_copy(path: Path, scratch: Path, *, origin: str) -> Path:
         if _stable_copy(real, copy, path=path, origin=origin):
             break
     else:
-        raise _file_error(
+        raise file_error(
             path,
             origin,
             f"it kept changing while it was read (tried {_ATTEMPTS} times to read it and "
@@ -175,8 +175,8 @@ def _checkpointed_copy(path: Path, scratch: Path, *, origin: str) -> Path:
         finally:
             conn.close()
     except (sqlite3.Error, UnicodeDecodeError) as exc:
-        problem = f"it is not a usable SQLite database ({_text(exc)})"
-        raise _file_error(path, origin, problem) from None
+        problem = f"it is not a usable SQLite database ({sqlite_text(exc)})"
+        raise file_error(path, origin, problem) from None
     return copy
 
 
@@ -242,7 +242,7 @@ def _state(source: Path, *, path: Path, origin: str) -> tuple[int, ...] | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise _file_error(path, origin, f"it cannot be inspected ({exc.strerror})") from None
+        raise file_error(path, origin, f"it cannot be inspected ({exc.strerror})") from None
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
@@ -275,11 +275,11 @@ def _open_regular(source: Path, *, path: Path, origin: str) -> int:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise _file_error(path, origin, f"it cannot be read ({exc.strerror})") from None
+        raise file_error(path, origin, f"it cannot be read ({exc.strerror})") from None
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            raise _file_error(path, origin, _not_a_file(mode, path=path, real=source))
+            raise file_error(path, origin, _not_a_file(mode, path=path, real=source))
         os.set_blocking(descriptor, True)
     except BaseException:
         os.close(descriptor)
@@ -293,7 +293,7 @@ def _load(
     try:
         source = sqlite3.connect(file_uri(readable, read_only=True), uri=True)
     except (sqlite3.Error, UnicodeDecodeError) as exc:
-        raise _file_error(path, origin, f"SQLite cannot open it ({_text(exc)})") from None
+        raise file_error(path, origin, f"SQLite cannot open it ({sqlite_text(exc)})") from None
     try:
         try:
             source.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -301,8 +301,8 @@ def _load(
             # once instead of reading it into a page cache first.
             source.execute(f"PRAGMA mmap_size = {max(readable.stat().st_size, 1)}")
         except (sqlite3.Error, UnicodeDecodeError, OSError) as exc:
-            problem = f"it is not a usable SQLite database ({_text(exc)})"
-            raise _file_error(path, origin, problem) from None
+            problem = f"it is not a usable SQLite database ({sqlite_text(exc)})"
+            raise file_error(path, origin, problem) from None
         database = MemoryDatabase(name, shared=shared)
         try:
             source.backup(database.anchor)
@@ -313,11 +313,11 @@ def _load(
             )
         except (sqlite3.Error, UnicodeDecodeError) as exc:
             database.close()
-            raise _file_error(path, origin, f"it is corrupt ({_text(exc)})") from None
+            raise file_error(path, origin, f"it is corrupt ({sqlite_text(exc)})") from None
         if problems != ["ok"]:
             database.close()
             shown = "; ".join(str(p) for p in problems[:5])
-            raise _file_error(path, origin, f"it is corrupt (PRAGMA quick_check: {shown})")
+            raise file_error(path, origin, f"it is corrupt (PRAGMA quick_check: {shown})")
         return database
     finally:
         source.close()
@@ -333,32 +333,32 @@ def check_fixture_file(path: Path, *, origin: str) -> bytes:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise _file_error(path, origin, "it does not exist") from None
+        raise file_error(path, origin, "it does not exist") from None
     except OSError as exc:
-        raise _file_error(path, origin, f"it cannot be inspected ({exc.strerror})") from None
+        raise file_error(path, origin, f"it cannot be inspected ({exc.strerror})") from None
     real = Path(os.path.realpath(path))
     if not stat.S_ISREG(info.st_mode):
-        raise _file_error(path, origin, _not_a_file(info.st_mode, path=path, real=real))
+        raise file_error(path, origin, _not_a_file(info.st_mode, path=path, real=real))
     try:
         descriptor = _open_regular(real, path=path, origin=origin)
     except FileNotFoundError:
-        raise _file_error(path, origin, "it does not exist") from None
+        raise file_error(path, origin, "it does not exist") from None
     try:
         with os.fdopen(descriptor, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             header = handle.read(100)
     except OSError as exc:
-        raise _file_error(path, origin, f"it cannot be read ({exc.strerror})") from None
+        raise file_error(path, origin, f"it cannot be read ({exc.strerror})") from None
     if size == 0:
-        raise _file_error(path, origin, "it is empty (0 bytes), not a SQLite database")
+        raise file_error(path, origin, "it is empty (0 bytes), not a SQLite database")
     if not header.startswith(SQLITE_HEADER):
-        raise _file_error(
+        raise file_error(
             path, origin, f"it is not a SQLite database (its first bytes are {header[:16]!r})"
         )
     # SQLite itself reads only the low byte of this 4-byte number: 256 would pass as 0.
     schema_format = int.from_bytes(header[44:48], "big")
     if schema_format > 4:
-        raise _file_error(
+        raise file_error(
             path,
             origin,
             f"it is in an unsupported file format (schema format {schema_format} in its "
@@ -377,14 +377,14 @@ def _not_a_file(mode: int, *, path: Path, real: Path) -> str:
     return problem
 
 
-def _text(exc: Exception) -> str:
+def sqlite_text(exc: Exception) -> str:
     """SQLite's message; one quoting damaged schema text may not be UTF-8 (``sqlite3`` fails)."""
     if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
         return exc.object.decode("utf-8", "replace")
     return str(exc)
 
 
-def _file_error(path: Path, origin: str, problem: str) -> FixtureFileError:
+def file_error(path: Path, origin: str, problem: str) -> FixtureFileError:
     return FixtureFileError(
         f"pytest-memdb: the fixture file {str(path)!r} (from {origin}): {problem}."
     )
