@@ -1,4 +1,4 @@
-"""pytest-memdb: a shipped SQLite file, copied into memory, for async SQLAlchemy tests and apps.
+"""pytest-memdb: isolated in-memory SQLite databases for async SQLAlchemy tests; a runtime class.
 
 Names are imported lazily: the pytest plugin imports this package in every run,
 and SQLAlchemy should only be loaded by runs that use it.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pytest_memdb.errors import FixtureFileError, MemdbError
+from pytest_memdb.errors import FixtureFileError, IsolationError, MemdbError
 
 if TYPE_CHECKING:
     from pytest_memdb.factories import memdb_factory
@@ -20,12 +20,13 @@ __all__ = [
     "CapturedQueries",
     "FixtureFileError",
     "InMemoryDatabase",
+    "IsolationError",
     "MemdbError",
     "MemdbHandle",
     "QueryCounter",
     "memdb_factory",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {
     "InMemoryDatabase": "pytest_memdb.runtime",
