@@ -36,6 +36,7 @@ import os
 import sqlite3
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from pytest_memdb.config import Target
+from pytest_memdb.config import MemdbConfig, Target
 from pytest_memdb.loading import load_file
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas
@@ -289,3 +290,36 @@ def _locked(path: Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def quick_check_cache(config: pytest.Config) -> QuickCheckCache | None:
+    """Fixture files known to pass ``quick_check``, in pytest's cache (None without one)."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return None
+    return QuickCheckCache(cache)
+
+
+def template_cache(config: pytest.Config, settings: MemdbConfig) -> TemplateCache | None:
+    """The run's :class:`TemplateCache`, or None (with a warning) without pytest's cache."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                "pytest-memdb: memdb_cache needs pytest's cache (it is off: -p no:cacheprovider); "
+                "templates are built as without it."
+            ),
+            stacklevel=2,
+        )
+        return None
+    workerinput = getattr(config, "workerinput", {})
+    return TemplateCache(
+        cache.mkdir("pytest-memdb"),
+        run_id=workerinput.get("testrunuid") or uuid.uuid4().hex,
+        rebuild=settings.rebuild,
+        base_dir=settings.base_dir,
+        pragmas=settings.pragmas,
+        hook_functions=[
+            impl.function for impl in config.hook.pytest_memdb_template.get_hookimpls()
+        ],
+    )

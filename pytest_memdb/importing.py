@@ -70,10 +70,14 @@ def _loaded_as_other(module_name: str, dotted: str, origin: str) -> ModuleType |
         path = os.path.realpath(spec.origin) if spec is not None and spec.origin else None
     if path is None:
         return None
+    base = os.path.basename(path)  # realpath only where the name could match: ~50 us each
     others = sorted(
         name
         for name, module in list(sys.modules.items())
-        if name != module_name and module is not loaded and _file_of(module) == path
+        if name != module_name
+        and module is not loaded
+        and os.path.basename(str(getattr(module, "__file__", None))) == base
+        and _file_of(module) == path
     )
     if not others:
         return None

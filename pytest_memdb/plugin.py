@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_memdb import hooks
-from pytest_memdb.config import ISOLATION_MODES, MARKER_ARGS, MemdbConfig, Target
+from pytest_memdb.config import MARKER_ARGS, MemdbConfig, Target
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.options import add_options
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import Session
 
-    from pytest_memdb.cache import QuickCheckCache, TemplateCache
     from pytest_memdb.janitor import MemdbHandle
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
@@ -37,133 +37,7 @@ open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("memdb", "in-memory SQLite databases for tests (pytest-memdb)")
-    group.addoption(
-        "--memdb-file",
-        dest="memdb_file",
-        metavar="PATH",
-        help="SQLite fixture file to copy into memory (overrides the memdb_file ini option; "
-        "a relative path is relative to the current directory).",
-    )
-    group.addoption(
-        "--memdb-metadata",
-        dest="memdb_metadata",
-        metavar="MODULE:NAME",
-        help="DeclarativeBase subclass or MetaData whose tables the template gets "
-        "(overrides memdb_metadata), e.g. myapp.models:Base.",
-    )
-    group.addoption(
-        "--memdb-isolation",
-        dest="memdb_isolation",
-        metavar="MODE",
-        help=f"How tests are kept apart: {', '.join(ISOLATION_MODES)} "
-        "(overrides memdb_isolation; default copy).",
-    )
-    group.addoption(
-        "--memdb-echo",
-        dest="memdb_echo",
-        action="store_true",
-        default=False,
-        help="Log every SQL statement of memdb engines (SQLAlchemy echo=True).",
-    )
-    group.addoption(
-        "--memdb-keep-failed",
-        dest="memdb_keep_failed",
-        metavar="DIR",
-        help="Write the database of each failing test to DIR/<test id>.sqlite, as it was "
-        "at the failure.",
-    )
-    group.addoption(
-        "--memdb-cache",
-        dest="memdb_cache",
-        action="store_true",
-        default=False,
-        help="Keep built templates in pytest's cache folder and reuse them across xdist "
-        "workers and runs until an input changes (overrides memdb_cache).",
-    )
-    group.addoption(
-        "--memdb-rebuild",
-        dest="memdb_rebuild",
-        action="store_true",
-        default=False,
-        help="Build every cached template again (once per run) and replace it in the cache.",
-    )
-    parser.addini(
-        "memdb_file",
-        "SQLite fixture file copied into memory once per session; relative to the ini "
-        "file's folder.",
-        default="",
-    )
-    parser.addini(
-        "memdb_metadata",
-        "package.module:Name of a DeclarativeBase subclass or MetaData, importable from the "
-        "ini file's folder: its tables are created in the template (after memdb_file).",
-        default="",
-    )
-    parser.addini(
-        "memdb_load",
-        "Seed steps run once on the template, in one transaction: .sql files (relative to "
-        "the ini file's folder) or package.module:callable taking a sync Connection.",
-        type="linelist",
-        default=[],
-    )
-    parser.addini(
-        "memdb_pragmas",
-        "name=value SQLite pragmas set on every connection, one per line (e.g. foreign_keys=ON).",
-        type="linelist",
-        default=[],
-    )
-    parser.addini(
-        "memdb_isolation",
-        "copy (a fresh copy per test, default), rollback (a transaction rolled back after "
-        "each test) or session (one database for the session).",
-        default="copy",
-    )
-    parser.addini("memdb_echo", "Log the SQL of memdb engines.", type="bool", default=False)
-    parser.addini(
-        "memdb_bind",
-        "package.module:attr of the app's Engine, AsyncEngine, sessionmaker, "
-        "async_sessionmaker, scoped_session or async_scoped_session, one per line: pointed at "
-        "each test's database while it runs, put back after.",
-        type="linelist",
-        default=[],
-    )
-    parser.addini(
-        "memdb_session_class",
-        "module:Class of an AsyncSession subclass for every async session the plugin makes "
-        "(default: SQLModel's when memdb_metadata is SQLModel's, else AsyncSession).",
-        default="",
-    )
-    parser.addini(
-        "memdb_sync_session_class",
-        "module:Class of a Session subclass for every sync session the plugin makes.",
-        default="",
-    )
-    parser.addini(
-        "memdb_alembic",
-        "Path to an alembic.ini (relative to the ini file's folder): its migrations build the "
-        "template, after memdb_file and before memdb_load (needs pytest-memdb[alembic]).",
-        default="",
-    )
-    parser.addini(
-        "memdb_alembic_revision",
-        "The revision memdb_alembic migrates the template to (default head).",
-        default="head",
-    )
-    parser.addini(
-        "memdb_cache",
-        "Keep built templates in pytest's cache folder, keyed by everything that built them: "
-        "xdist workers build each once between them, later runs reuse it.",
-        type="bool",
-        default=False,
-    )
-    parser.addini(
-        "memdb_strict",
-        "Fail a test that opens, through SQLAlchemy, a SQLite database that is not one of its "
-        "memdb databases (an engine a swap missed, the app's real file).",
-        type="bool",
-        default=False,
-    )
+    add_options(parser)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -249,6 +123,7 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
     """The session's registry, created (and SQLAlchemy imported) on first use."""
     registry = config.stash.get(registry_key, None)
     if registry is None:
+        from pytest_memdb.cache import quick_check_cache, template_cache
         from pytest_memdb.registry import MemdbRegistry
         from pytest_memdb.templates import hook_runner
 
@@ -258,8 +133,8 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
             settings,
             workerinput.get("workerid", "main"),
             hook_runner(config.hook.pytest_memdb_template, config),
-            cache=_template_cache(config, settings) if settings.cache else None,
-            checked=_checked_files(config),
+            cache=template_cache(config, settings) if settings.cache else None,
+            checked=quick_check_cache(config),
         )
         config.stash[registry_key] = registry
         from pytest_memdb._loop import close_private_loop
@@ -267,45 +142,6 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
         config.add_cleanup(close_private_loop)  # cleanups run last-in first-out: after close
         config.add_cleanup(registry.close)
     return registry
-
-
-def _checked_files(config: pytest.Config) -> QuickCheckCache | None:
-    """Fixture files known to pass ``quick_check``, in pytest's cache (None without one)."""
-    cache = getattr(config, "cache", None)
-    if cache is None:
-        return None
-    from pytest_memdb.cache import QuickCheckCache
-
-    return QuickCheckCache(cache)
-
-
-def _template_cache(config: pytest.Config, settings: MemdbConfig) -> TemplateCache | None:
-    """The run's :class:`TemplateCache`, or None (with a warning) without pytest's cache."""
-    from pytest_memdb.cache import TemplateCache
-
-    cache = getattr(config, "cache", None)
-    if cache is None:
-        config.issue_config_time_warning(
-            pytest.PytestConfigWarning(
-                "pytest-memdb: memdb_cache needs pytest's cache (it is off: -p no:cacheprovider); "
-                "templates are built as without it."
-            ),
-            stacklevel=2,
-        )
-        return None
-    workerinput = getattr(config, "workerinput", {})
-    import uuid
-
-    return TemplateCache(
-        cache.mkdir("pytest-memdb"),
-        run_id=workerinput.get("testrunuid") or uuid.uuid4().hex,
-        rebuild=settings.rebuild,
-        base_dir=settings.base_dir,
-        pragmas=settings.pragmas,
-        hook_functions=[
-            impl.function for impl in config.hook.pytest_memdb_template.get_hookimpls()
-        ],
-    )
 
 
 def open_database(

@@ -109,7 +109,13 @@ class Template:
 
     def _new_working(self, role: str) -> WorkingDatabase:
         name = unique_name(self.worker, self.label, role)
-        return WorkingDatabase(self.database, name, echo=self.echo, pragmas=self.pragmas)
+        return WorkingDatabase(
+            self.database,
+            name,
+            echo=self.echo,
+            pragmas=self.pragmas,
+            watch_state=role != "session",
+        )
 
     def _carry_over(self, leaked: WorkingDatabase) -> WorkingDatabase:
         """The session database again, under a new name: a connection an earlier test
@@ -117,7 +123,12 @@ class Template:
         name = unique_name(self.worker, self.label, "session")
         try:
             fresh = WorkingDatabase(
-                self.database, name, echo=self.echo, pragmas=self.pragmas, content=leaked.database
+                self.database,
+                name,
+                echo=self.echo,
+                pragmas=self.pragmas,
+                content=leaked.database,
+                watch_state=False,
             )
         except SourceLocked:
             raise MemdbError(

@@ -48,14 +48,19 @@ class WorkingDatabase:
         echo: bool,
         pragmas: Pragmas = (),
         content: MemoryDatabase | None = None,
+        watch_state: bool = True,
     ) -> None:
-        """``content``: what the new database holds at first, if not the template's."""
+        """``content``: what the new database holds at first, if not the template's;
+        ``watch_state``: look at every statement for per-connection state (not in session
+        mode, where nothing is undone)."""
         self.template = template
         self.database = (content or template).copy(name)
         self.database.prepare_for_restores()
         self._echo = echo
         self._pragmas = pragmas
-        self.engines = EnginePair(self.database, echo=echo, pragmas=pragmas, watch_state=True)
+        self.engines = EnginePair(
+            self.database, echo=echo, pragmas=pragmas, watch_state=watch_state
+        )
         self._shared: SharedConnection | None = None
         self.restores = 0
         """How many times the copy was restored (the first copy not counted)."""

@@ -319,7 +319,7 @@ def test_links_are_absolute() -> None:
 
 
 def _plugin_options() -> set[str]:
-    tree = ast.parse((ROOT / "pytest_memdb" / "plugin.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "pytest_memdb" / "options.py").read_text(encoding="utf-8"))
     names = set()
     for node in ast.walk(tree):
         if (
@@ -339,7 +339,7 @@ def test_the_reference_lists_every_option() -> None:
     options = _plugin_options()
     assert "memdb_file" in options
     missing = sorted(name for name in options if f"`{name}" not in section)
-    assert not missing, f"options of plugin.py missing from the configuration reference: {missing}"
+    assert not missing, f"options of options.py missing from the configuration reference: {missing}"
 
 
 def _pytest_command() -> list[str]:

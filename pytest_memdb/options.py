@@ -1,0 +1,142 @@
+"""The plugin's command-line and ini options (``pytest_addoption``), with their help text.
+
+Imports nothing heavy: loaded by every pytest run where the plugin is installed. The
+values are read and checked in :mod:`pytest_memdb.config`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_memdb.config import ISOLATION_MODES
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Every command-line and ini option, with its help text (``pytest --help`` shows them)."""
+    group = parser.getgroup("memdb", "in-memory SQLite databases for tests (pytest-memdb)")
+    group.addoption(
+        "--memdb-file",
+        dest="memdb_file",
+        metavar="PATH",
+        help="SQLite fixture file to copy into memory (overrides the memdb_file ini option; "
+        "a relative path is relative to the current directory).",
+    )
+    group.addoption(
+        "--memdb-metadata",
+        dest="memdb_metadata",
+        metavar="MODULE:NAME",
+        help="DeclarativeBase subclass or MetaData whose tables the template gets "
+        "(overrides memdb_metadata), e.g. myapp.models:Base.",
+    )
+    group.addoption(
+        "--memdb-isolation",
+        dest="memdb_isolation",
+        metavar="MODE",
+        help=f"How tests are kept apart: {', '.join(ISOLATION_MODES)} "
+        "(overrides memdb_isolation; default copy).",
+    )
+    group.addoption(
+        "--memdb-echo",
+        dest="memdb_echo",
+        action="store_true",
+        default=False,
+        help="Log every SQL statement of memdb engines (SQLAlchemy echo=True).",
+    )
+    group.addoption(
+        "--memdb-keep-failed",
+        dest="memdb_keep_failed",
+        metavar="DIR",
+        help="Write the database of each failing test to DIR/<test id>.sqlite, as it was "
+        "at the failure.",
+    )
+    group.addoption(
+        "--memdb-cache",
+        dest="memdb_cache",
+        action="store_true",
+        default=False,
+        help="Keep built templates in pytest's cache folder and reuse them across xdist "
+        "workers and runs until an input changes (overrides memdb_cache).",
+    )
+    group.addoption(
+        "--memdb-rebuild",
+        dest="memdb_rebuild",
+        action="store_true",
+        default=False,
+        help="Build every cached template again (once per run) and replace it in the cache.",
+    )
+    parser.addini(
+        "memdb_file",
+        "SQLite fixture file copied into memory once per session; relative to the ini "
+        "file's folder.",
+        default="",
+    )
+    parser.addini(
+        "memdb_metadata",
+        "package.module:Name of a DeclarativeBase subclass or MetaData, importable from the "
+        "ini file's folder: its tables are created in the template (after memdb_file).",
+        default="",
+    )
+    parser.addini(
+        "memdb_load",
+        "Seed steps run once on the template, in one transaction: .sql files (relative to "
+        "the ini file's folder) or package.module:callable taking a sync Connection.",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "memdb_pragmas",
+        "name=value SQLite pragmas set on every connection, one per line (e.g. foreign_keys=ON).",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "memdb_isolation",
+        "copy (a fresh copy per test, default), rollback (a transaction rolled back after "
+        "each test) or session (one database for the session).",
+        default="copy",
+    )
+    parser.addini("memdb_echo", "Log the SQL of memdb engines.", type="bool", default=False)
+    parser.addini(
+        "memdb_bind",
+        "package.module:attr of the app's Engine, AsyncEngine, sessionmaker, "
+        "async_sessionmaker, scoped_session or async_scoped_session, one per line: pointed at "
+        "each test's database while it runs, put back after.",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "memdb_session_class",
+        "module:Class of an AsyncSession subclass for every async session the plugin makes "
+        "(default: SQLModel's when memdb_metadata is SQLModel's, else AsyncSession).",
+        default="",
+    )
+    parser.addini(
+        "memdb_sync_session_class",
+        "module:Class of a Session subclass for every sync session the plugin makes.",
+        default="",
+    )
+    parser.addini(
+        "memdb_alembic",
+        "Path to an alembic.ini (relative to the ini file's folder): its migrations build the "
+        "template, after memdb_file and before memdb_load (needs pytest-memdb[alembic]).",
+        default="",
+    )
+    parser.addini(
+        "memdb_alembic_revision",
+        "The revision memdb_alembic migrates the template to (default head).",
+        default="head",
+    )
+    parser.addini(
+        "memdb_cache",
+        "Keep built templates in pytest's cache folder, keyed by everything that built them: "
+        "xdist workers build each once between them, later runs reuse it.",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "memdb_strict",
+        "Fail a test that opens, through SQLAlchemy, a SQLite database that is not one of its "
+        "memdb databases (an engine a swap missed, the app's real file).",
+        type="bool",
+        default=False,
+    )
