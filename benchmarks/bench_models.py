@@ -169,7 +169,10 @@ def _run(folder: Path, way: str, tests: int) -> tuple[float, float]:
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "bench_timing"]
     if way == "memdb rollback":
         args.append("--memdb-isolation=rollback")
-    env = {**os.environ, "BENCH_TESTS": str(tests), "BENCH_OUT": str(out), "PYTHONPATH": "."}
+    # The project folder first (models.py), then what the caller set: with
+    # PYTHONPATH=<a checkout> the suites run that checkout's plugin (before/after runs).
+    path = os.pathsep.join(p for p in (".", os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "BENCH_TESTS": str(tests), "BENCH_OUT": str(out), "PYTHONPATH": path}
     start = time.perf_counter()
     done = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
