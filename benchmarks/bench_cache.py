@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MIGRATION = '''\
+MIGRATION = """\
 import time
 
 import sqlalchemy as sa
@@ -40,7 +40,7 @@ def upgrade():
         log.write("migrated\\n")
     time.sleep({sleep})
     op.create_table("t{rev}", sa.Column("id", sa.Integer(), primary_key=True))
-'''
+"""
 
 TESTS = """\
 import pytest
