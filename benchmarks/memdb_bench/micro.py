@@ -9,6 +9,7 @@ stay visible. Each round takes a few samples per method, in an order that rotate
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import sqlite3
 import time
@@ -44,6 +45,7 @@ STARTUP_METHODS = (
     "  of which PRAGMA quick_check",
     "seed: backup() to shared-cache memory",
     "read_bytes + bytearray",
+    "memdb load_file, a later run (quick_check remembered)",
 )
 COPY_METHODS = (
     "restore in place after a write (copy mode)",
@@ -100,6 +102,12 @@ class MicroBench:
             db = self.loading.load_file(path, memory.unique_name("bench"), origin="bench")
             return db.close
 
+        def load_file_remembered() -> Callable[[], None]:
+            db = self.loading.load_file(
+                path, memory.unique_name("bench"), origin="bench", checked=_Remembered(path)
+            )
+            return db.close
+
         def backed_up() -> MemoryDatabase:
             """load_file's first step alone: a read-only backup() into a memdb database."""
             db = memory.MemoryDatabase(memory.unique_name("bench"))
@@ -138,6 +146,7 @@ class MicroBench:
             (STARTUP_METHODS[2], quick_check),
             (STARTUP_METHODS[3], lambda: timed(seed)),
             (STARTUP_METHODS[4], lambda: timed(read_bytes)),
+            (STARTUP_METHODS[5], lambda: timed(load_file_remembered)),
         ]
         self._run(self.startup, fixture.label, actions, reps, turn)
 
@@ -180,3 +189,18 @@ class MicroBench:
             writer.close()
             slot.close()
             template.close()
+
+
+class _Remembered:
+    """pytest's cache as a later run sees it: this file passed ``quick_check`` before."""
+
+    def __init__(self, path: Path) -> None:
+        from pytest_memdb.loading import file_identity
+
+        self._identity = json.dumps(file_identity(path))
+
+    def __contains__(self, identity: object) -> bool:
+        return json.dumps(identity) == self._identity
+
+    def add(self, identity: tuple[object, ...]) -> None:
+        """Nothing to remember: it is known already."""

@@ -430,6 +430,15 @@ class Report:
                 (load, raw),
                 load <= 2 * raw,
             )
+            later = MicroBench.median_ms(self.micro.startup, size, STARTUP_METHODS[5])
+            bare = MicroBench.median_ms(self.micro.startup, size, STARTUP_METHODS[1])
+            check(
+                f"start-up ({size}), a later run (quick_check remembered) within 1.2x of a "
+                "bare backup()",
+                f"{fmt(later)} vs {fmt(bare)} ms",
+                (later, bare),
+                later <= 1.2 * bare,
+            )
         unused = self.unused
         paired = median(unused.differences(unused.wall_ms))
         check(
