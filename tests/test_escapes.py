@@ -11,6 +11,8 @@ commit to. The outer tests check the inner outcomes.
 from __future__ import annotations
 
 import re
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -616,3 +618,32 @@ def test_sessionmakers_a_test_changed_are_made_anew(pytester: pytest.Pytester, m
     # a test configured or listened on must not be.
     tests = make_project(pytester, mode, INNER_HEAD + SESSIONMAKER_STATE)
     run(pytester).assert_outcomes(passed=tests)
+
+
+def test_the_template_is_private_and_a_write_to_it_is_caught(tmp_path: Path) -> None:
+    # No connection but the plugin's anchor reaches a template: opening its name gets an
+    # empty database of one's own. And should the plugin's own code ever write it, the test
+    # that was running is failed, naming the template.
+    from pytest_memdb.config import MemdbConfig, Target
+    from pytest_memdb.errors import MemdbError
+    from pytest_memdb.registry import MemdbRegistry
+    from tests.helpers import make_sqlite
+
+    path = make_sqlite(tmp_path / "app.sqlite")
+    registry = MemdbRegistry(MemdbConfig(path, "test", "copy", False, tmp_path), "main")
+    try:
+        target = Target(path, "test", "copy")
+        handle = registry.open(target)
+        template = registry.template(target).database
+        for uri in (template.sqlite_uri, f"file:/{template.name}?vfs=memdb"):
+            outsider = sqlite3.connect(uri, uri=True)
+            assert outsider.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+            outsider.close()
+        handle.close()
+        handle = registry.open(target)
+        template.anchor.execute("INSERT INTO user (name) VALUES ('written')")
+        template.anchor.commit()
+        with pytest.raises(MemdbError, match="was written after it was built"):
+            handle.close()
+    finally:
+        registry.close()
