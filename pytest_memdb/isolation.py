@@ -87,18 +87,11 @@ class Rollback:
         return working.shared.end_test()
 
 
-class Session:
+class Session(Copy):
+    """Copy's steps on a working database of its own that is never restored."""
+
     name: Isolation = "session"
     restores = False
-
-    def source(self, working: WorkingDatabase) -> EngineSource | None:
-        return working.engines
-
-    def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
-        return working.engines, None
-
-    def end(self, working: WorkingDatabase) -> str | None:
-        return None
 
 
 STRATEGIES: dict[Isolation, Strategy] = {
