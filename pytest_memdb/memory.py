@@ -168,11 +168,8 @@ class MemoryDatabase:
         another connection holds a lock on it (an open read or write). Needs
         :meth:`prepare_for_restores` first.
         """
-        try:
-            self.anchor.execute("BEGIN EXCLUSIVE")
-        except sqlite3.OperationalError:
+        if not self.is_free():
             return False
-        self.anchor.execute("COMMIT")
         return self.fill_from(source, give_up_after=give_up_after)
 
     def fill_from(self, source: MemoryDatabase, *, give_up_after: float = 5.0) -> bool:

@@ -98,8 +98,11 @@ class Template:
             working.engines.close_leftovers()
             escape = strategy.end(working)
             working.settle_if_needed(engines)
-            working.reuses += not working.changed()
-            if strategy.restores and working is self._working and not working.make_equal():
+            if (
+                strategy.restores
+                and working is self._working
+                and not working.make_equal(after_test=True)
+            ):
                 # A connection the test leaked holds a lock: the next test gets a new one.
                 self._abandon(working)
         finally:

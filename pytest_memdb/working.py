@@ -85,16 +85,18 @@ class WorkingDatabase:
         """Whether any connection committed to this database since it was last made equal."""
         return self.database.data_version() != self._version
 
-    def make_equal(self) -> bool:
+    def make_equal(self, *, after_test: bool = False) -> bool:
         """Bring the database back to the template's content; False if a leaked lock stops it.
 
         Called before each test (a leaked connection may commit at any time) and after one
-        (so the database is the template's again as soon as it can be).
+        (``after_test``: so the database is the template's again as soon as it can be; a
+        test that committed nothing counts as a reuse). A restore checks the locks itself.
         """
-        if self.database.closed or not self.database.is_free():
-            return False  # closed: a test called memdb.database.close() (the anchor)
+        if self.database.closed:
+            return False  # a test called memdb.database.close() (the anchor)
         if not self.changed():
-            return True
+            self.reuses += after_test
+            return self.database.is_free()
         if not self.database.restore_from(self.template):
             return False
         self.restores += 1
