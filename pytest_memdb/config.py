@@ -21,6 +21,8 @@ from pytest_memdb.pragmas import Pragmas, parse_pragmas
 Isolation = Literal["copy", "rollback", "session"]
 ISOLATION_MODES: tuple[Isolation, ...] = ("copy", "rollback", "session")
 DEFAULT_ISOLATION: Isolation = "copy"
+Restore = Literal["auto", "pages", "backup"]
+RESTORE_WAYS: tuple[Restore, ...] = ("auto", "pages", "backup")
 MARKER_ARGS = ("file", "metadata", "load", "isolation", "bind", "alembic")
 DEFAULT_FIXTURE = "memdb"
 
@@ -144,6 +146,11 @@ class MemdbConfig:
     cache: bool = False
     """Keep built templates in pytest's cache folder (:mod:`pytest_memdb.cache`)."""
     rebuild: bool = False
+    restore: Restore = "backup"
+    """How copy and rollback restore the working database: ``pages`` written (where the
+    page-recording VFS is available), ``backup`` of the whole template, ``auto``: pages
+    where available. Backup by default until a rare rollback-mode failure of the
+    isolation state machine seen with pages is understood (see CHANGELOG)."""
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> MemdbConfig:
@@ -219,6 +226,10 @@ class MemdbConfig:
             ini_name=ini_name,
             cache=bool(config.getoption("memdb_cache")) or bool(config.getini("memdb_cache")),
             rebuild=bool(config.getoption("memdb_rebuild")),
+            restore=parse_restore(
+                str(config.getini("memdb_restore") or "").strip() or "backup",
+                f"memdb_restore in {ini_name}",
+            ),
         )
 
     def target_for(self, node: pytest.Item) -> Target:
@@ -318,6 +329,27 @@ def parse_isolation(value: object, origin: str) -> Isolation:
     raise MemdbError(
         f"pytest-memdb: {origin} got {value!r}; allowed values: {', '.join(ISOLATION_MODES)}."
     )
+
+
+def parse_restore(value: str, origin: str) -> Restore:
+    """Check a ``memdb_restore`` value; ``pages`` where the page-recording VFS cannot be
+    made is an error that says why, rather than a quiet backup."""
+    way = value.strip().lower()
+    if way not in RESTORE_WAYS:
+        raise MemdbError(
+            f"pytest-memdb: {origin} got {value!r}; allowed values: {', '.join(RESTORE_WAYS)}."
+        )
+    if way == "pages":
+        from pytest_memdb import pages
+
+        if pages.page_vfs() is None:
+            raise MemdbError(
+                f"pytest-memdb: {origin} asks for page restores, but this interpreter's "
+                f"SQLite does not allow them ({pages.unavailable_reason}). Use "
+                "memdb_restore = auto (page restores where available, else backups) or "
+                "backup."
+            )
+    return way
 
 
 def check_dotted(value: object, origin: str) -> str:

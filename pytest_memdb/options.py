@@ -134,6 +134,14 @@ def add_options(parser: pytest.Parser) -> None:
         default=False,
     )
     parser.addini(
+        "memdb_restore",
+        "How copy and rollback put the working database back after a test that wrote: "
+        "backup (the whole template, the default), auto (only the pages it wrote, where "
+        "SQLite's VFS interface allows; else a backup) or pages (the same, or a usage "
+        "error where not available).",
+        default="backup",
+    )
+    parser.addini(
         "memdb_strict",
         "Fail a test that opens, through SQLAlchemy, a SQLite database that is not one of its "
         "memdb databases (an engine a swap missed, the app's real file).",

@@ -71,7 +71,18 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         sources.append(f"{len(settings.load)} load step(s)")
     if not sources:
         return None
-    return f"memdb: {', '.join(sources)}, isolation={settings.isolation}"
+    return f"memdb: {', '.join(sources)}, isolation={settings.isolation}, {_restore(settings)}"
+
+
+def _restore(settings: MemdbConfig) -> str:
+    """Which restore copy and rollback use, as the issue asks the header to say."""
+    if settings.restore == "backup":
+        return "restore=backup (memdb_restore)"
+    from pytest_memdb import pages
+
+    if pages.page_vfs() is None:
+        return f"restore=backup (page restores not available: {pages.unavailable_reason})"
+    return "restore=pages written (memdb-pages VFS)"
 
 
 @pytest.hookimpl(tryfirst=True)

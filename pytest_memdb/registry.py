@@ -11,7 +11,7 @@ from pathlib import Path
 from pytest_memdb._loop import run_sync
 from pytest_memdb.binding import Binder
 from pytest_memdb.cache import TemplateCache
-from pytest_memdb.config import Isolation, MemdbConfig, Target
+from pytest_memdb.config import Isolation, MemdbConfig, Restore, Target
 from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.importing import import_metadata
 from pytest_memdb.isolation import ESCAPED, STRATEGIES, EngineSource, Strategy
@@ -43,8 +43,10 @@ class Template:
         label: str,
         pragmas: Pragmas = (),
         classes: SessionClasses = DEFAULT_CLASSES,
+        restore: Restore = "backup",
     ) -> None:
         self.source = source
+        self.restore = restore
         self.database = database
         self.echo = echo
         self.worker = worker
@@ -118,6 +120,7 @@ class Template:
             echo=self.echo,
             pragmas=self.pragmas,
             watch_state=role != "session",
+            record_pages=role != "session" and self.restore != "backup",
         )
 
     def _carry_over(self, leaked: WorkingDatabase) -> WorkingDatabase:
@@ -236,6 +239,7 @@ class MemdbRegistry:
                 label=label,
                 pragmas=self.settings.pragmas,
                 classes=classes,
+                restore=self.settings.restore,
             )
         return self._templates[key]
 

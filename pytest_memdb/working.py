@@ -12,9 +12,11 @@ caches serve every test. Between tests it is brought back to the template's cont
 * nothing to do when no connection committed anything since the last check (the
   anchor's ``PRAGMA data_version`` is unchanged: it moves on every commit of every
   other connection, whatever the driver or statement);
-* otherwise the template is backed up *into* the open copy (the pages are overwritten
-  in memory that is already mapped, without a journal); connections open on it stay
-  open, and SQLite makes them reread pages and schema;
+* otherwise the pages tests wrote are copied back from the template
+  (:mod:`pytest_memdb.pages`: 0.04-0.07 ms after a one-row write, at 10 or 100 MB), or,
+  where that is not available or something wrote around it, the template is backed up
+  *into* the open copy (1.5 ms at 10 MB, 20-30 ms at 100 MB); connections open on it
+  stay open, and SQLite makes them reread the pages (and the schema, after DDL);
 * connections that carry per-connection state, listeners a test added, or a statement
   that was cancelled are closed (or their engines replaced) instead of reused.
 
@@ -49,13 +51,15 @@ class WorkingDatabase:
         pragmas: Pragmas = (),
         content: MemoryDatabase | None = None,
         watch_state: bool = True,
+        record_pages: bool = False,
     ) -> None:
         """``content``: what the new database holds at first, if not the template's;
         ``watch_state``: look at every statement for per-connection state (not in session
-        mode, where nothing is undone)."""
+        mode, where nothing is undone); ``record_pages``: restore only the pages tests
+        wrote, where the page-recording VFS is available (:mod:`pytest_memdb.pages`)."""
         self.template = template
         self.database = (content or template).copy(name)
-        self.database.prepare_for_restores()
+        self.database.prepare_for_restores(pages_from=template if record_pages else None)
         self._echo = echo
         self._pragmas = pragmas
         self.engines = EnginePair(

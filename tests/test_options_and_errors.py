@@ -51,7 +51,7 @@ def test_command_line_file_beats_ini_file(pytester: pytest.Pytester, app_db: Pat
     result = pytester.runpytest(*INNER_ARGS, "--memdb-file", "other.sqlite")
 
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"memdb: file={other} (--memdb-file), isolation=copy"])
+    result.stdout.fnmatch_lines([f"memdb: file={other} (--memdb-file), isolation=copy, restore=*"])
 
 
 def test_ini_file_is_used_without_command_line(pytester: pytest.Pytester, app_db: Path) -> None:
@@ -63,7 +63,7 @@ def test_ini_file_is_used_without_command_line(pytester: pytest.Pytester, app_db
 
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        [f"memdb: file={app_db} (memdb_file in pytest.ini), isolation=copy"]
+        [f"memdb: file={app_db} (memdb_file in pytest.ini), isolation=copy, restore=*"]
     )
 
 
@@ -109,7 +109,7 @@ def test_command_line_isolation_beats_ini(
     result = pytester.runpytest(*INNER_ARGS, *args)
 
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([f"memdb: file=* isolation={expected}"])
+    result.stdout.fnmatch_lines([f"memdb: file=* isolation={expected}, restore=*"])
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_command_line_relative_path_starts_at_the_current_folder(
     result = pytester.runpytest(*INNER_ARGS, "--memdb-file", "data/app.sqlite")
 
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"memdb: file={sub_db} (--memdb-file), isolation=copy"])
+    result.stdout.fnmatch_lines([f"memdb: file={sub_db} (--memdb-file), isolation=copy, restore=*"])
 
 
 # --- help, report header, switching the plugin off --------------------------------------
@@ -204,7 +204,7 @@ def test_header_shows_file_and_isolation_when_configured(
 
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        [f"memdb: file={app_db} (memdb_file in pytest.ini), isolation=rollback"]
+        [f"memdb: file={app_db} (memdb_file in pytest.ini), isolation=rollback, restore=*"]
     )
 
 

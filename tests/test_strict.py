@@ -112,4 +112,4 @@ def test_strict_mode_lets_the_plugin_build_its_template_from_migrations(
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["memdb: alembic=*alembic.ini (head), isolation=copy"])
+    result.stdout.fnmatch_lines(["memdb: alembic=*alembic.ini (head), isolation=copy, restore=*"])

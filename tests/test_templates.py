@@ -187,7 +187,9 @@ def test_command_line_and_marker_choose_the_metadata(pytester: pytest.Pytester) 
     result = pytester.runpytest("-p", "no:cacheprovider", "--memdb-metadata", "models:Base")
 
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["memdb: metadata=models:Base (--memdb-metadata), isolation=copy"])
+    result.stdout.fnmatch_lines(
+        ["memdb: metadata=models:Base (--memdb-metadata), isolation=copy, restore=*"]
+    )
 
 
 def test_a_plain_metadata_object_works(pytester: pytest.Pytester) -> None:

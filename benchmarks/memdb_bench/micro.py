@@ -49,6 +49,8 @@ STARTUP_METHODS = (
 )
 COPY_METHODS = (
     "restore in place after a write (copy mode)",
+    "  the same, 1,000 books updated",
+    "  backup restore after a write (memdb_restore = backup)",
     "MemoryDatabase.copy + close (a fresh copy)",
     "shutil.copyfile + unlink",
     "bytearray(data) + del",
@@ -152,19 +154,33 @@ class MicroBench:
 
     def copy_round(self, fixture: Fixture, reps: int, turn: int) -> None:
         memory = self.memory
-        template = self.loading.load_file(fixture.path, memory.unique_name("bench"), origin="bench")
+        template = self.loading.load_file(
+            fixture.path, memory.unique_name("bench"), origin="bench", shared=False
+        )
         slot = template.copy(memory.unique_name("bench", "slot"))
-        slot.prepare_for_restores()
+        slot.prepare_for_restores(pages_from=template)  # memdb_restore = auto
+        backed = template.copy(memory.unique_name("bench", "slot"))
+        backed.prepare_for_restores()  # memdb_restore = backup
         writer = sqlite3.connect(slot.sqlite_uri, uri=True, isolation_level=None)
+        backed_writer = sqlite3.connect(backed.sqlite_uri, uri=True, isolation_level=None)
         data = fixture.path.read_bytes()
         target = self.scratch / "copy.sqlite"
+        rows = min(1000, fixture.books)
 
-        def restore() -> float:
-            writer.execute("UPDATE authors SET born = born + 1 WHERE id = 1")  # what a test does
-            started = time.perf_counter()
-            if not slot.restore_from(template):
-                raise SystemExit("bench: the copy could not be restored")
-            return 1000 * (time.perf_counter() - started)
+        def restorer(
+            database: MemoryDatabase, connection: sqlite3.Connection, statement: str
+        ) -> Callable[[], float]:
+            def restore() -> float:
+                connection.execute(statement)  # what a test does
+                started = time.perf_counter()
+                if not database.restore_from(template):
+                    raise SystemExit("bench: the copy could not be restored")
+                return 1000 * (time.perf_counter() - started)
+
+            return restore
+
+        one_row = "UPDATE authors SET born = born + 1 WHERE id = 1"
+        many_rows = f"UPDATE books SET price_cents = price_cents + 1 WHERE id <= {rows}"
 
         def memdb_copy() -> None:
             template.copy(memory.unique_name("bench", "test")).close()
@@ -178,16 +194,22 @@ class MicroBench:
             del buffer
 
         actions: ActionList = [
-            (COPY_METHODS[0], restore),
-            (COPY_METHODS[1], lambda: timed(memdb_copy)),
-            (COPY_METHODS[2], lambda: timed(copyfile)),
-            (COPY_METHODS[3], lambda: timed(copy_bytes)),
+            (COPY_METHODS[0], restorer(slot, writer, one_row)),
+            (COPY_METHODS[1], restorer(slot, writer, many_rows)),
+            (COPY_METHODS[2], restorer(backed, backed_writer, one_row)),
+            (COPY_METHODS[3], lambda: timed(memdb_copy)),
+            (COPY_METHODS[4], lambda: timed(copyfile)),
+            (COPY_METHODS[5], lambda: timed(copy_bytes)),
         ]
+        if not slot.restores_pages:
+            raise SystemExit("bench: page restores are not available here")
         try:
             self._run(self.copy, fixture.label, actions, reps, turn)
         finally:
             writer.close()
+            backed_writer.close()
             slot.close()
+            backed.close()
             template.close()
 
 

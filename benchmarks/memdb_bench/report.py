@@ -245,13 +245,16 @@ class Report:
             "## Per-test copy of the database (in-process, ms)",
             "",
             "Copy mode restores its one copy in place after a test that wrote (timed here "
-            "after a one-row UPDATE by another connection); a fresh `MemoryDatabase.copy` "
-            "(copy and free) was the 0.1 mechanism. Then what the temp-file way does per "
-            "test, and one plain memory copy of the file's bytes.",
+            "after a one-row UPDATE by another connection, then after 1,000 rows): by "
+            "copying back the pages the test wrote (`memdb_restore = auto`, new in 0.4), "
+            "and by the backup of the whole template (`memdb_restore = backup`, the default); "
+            "a fresh `MemoryDatabase.copy` (copy and free) was the 0.1 mechanism. "
+            "Then what the temp-file way does per test, and one plain memory copy of the "
+            "file's bytes.",
             "",
         ]
         self.micro_table(
-            self.micro.copy, COPY_METHODS, COPY_METHODS[1:], label="restore in place", digits=3
+            self.micro.copy, COPY_METHODS, COPY_METHODS[2:], label="restore in place", digits=3
         )
 
     def micro_table(
@@ -371,7 +374,7 @@ class Report:
             size = fixture.label
             value = self.isolation_ms(size, "copy")
             restore = micro_copy(size, COPY_METHODS[0])
-            raw = micro_copy(size, COPY_METHODS[3])
+            raw = micro_copy(size, COPY_METHODS[5])
             check(
                 f"copy: within 2x of bytearray(data) ({size})",
                 f"isolation in the suite {fmt(value)} ms, restore alone {fmt(restore)} ms, "
