@@ -172,7 +172,6 @@ class Watched:
         self.counter = 0
         self.cookie = 0
         self._buffer = ctypes.create_string_buffer(65536)
-        self.restores = 0
 
     # Called by the shim's xWrite and xTruncate, in whichever thread runs the statement.
     def wrote(self, data: int, amount: int, offset: int) -> None:
@@ -241,7 +240,6 @@ class Watched:
             self._put_back(source, header)
         finally:
             self._unlock()
-        self.restores += 1
         return True
 
     def _put_back(self, source: int, header: bytes) -> None:
