@@ -35,7 +35,8 @@ Every step is bounded: the plugin's busy timeout is shortened for this run
 Short by default (``max_examples=40``: seconds when nothing fails). Environment:
 ``MEMDB_MACHINE_EXAMPLES=N`` runs N examples; ``MEMDB_MACHINE_STEPS=N`` sets the rules per
 example; ``MEMDB_MACHINE_MULTIPLE=1`` shrinks and reports every distinct failure (slow:
-minutes each) instead of only the simplest; ``MEMDB_MACHINE_TRACE=1`` (with ``-s``)
+minutes each) instead of only the simplest; ``MEMDB_MACHINE_RESTORE=pages|backup|auto``
+pins ``memdb_restore`` (default: the plugin's); ``MEMDB_MACHINE_TRACE=1`` (with ``-s``)
 prints every rule as it runs.
 """
 
@@ -77,6 +78,8 @@ IsolationError: type[BaseException] | None = getattr(errors, "IsolationError", N
 EXAMPLES = int(os.environ.get("MEMDB_MACHINE_EXAMPLES", "40"))
 STEPS = int(os.environ.get("MEMDB_MACHINE_STEPS", "30"))
 MULTIPLE = bool(os.environ.get("MEMDB_MACHINE_MULTIPLE"))
+# None: the plugin's default; "pages" / "backup" / "auto" pin ``memdb_restore``.
+RESTORE = os.environ.get("MEMDB_MACHINE_RESTORE")
 """Shrink and report every distinct failure (slow: minutes each) instead of the simplest."""
 BUSY_TIMEOUT_S = float(os.environ.get("MEMDB_MACHINE_BUSY_TIMEOUT", "1.0"))
 OWN_TIMEOUT_S = 0.2
@@ -275,6 +278,7 @@ class IsolationMachine(RuleBasedStateMachine):
             isolation="copy",
             echo=False,
             base_dir=self.base_dir,
+            **({"restore": RESTORE} if RESTORE else {}),
         )
         self.targets = {
             mode: Target(file=self.source, file_origin="test_isolation_machine", isolation=mode)
@@ -506,7 +510,9 @@ class IsolationMachine(RuleBasedStateMachine):
         ended = [s for s in outcome.ran if s in ENDS_TRANSACTION]
         if ended:
             self.escape_certain = f"{ended[0]} ran as text"
-        error = str(outcome.error or "")
+        # The driver's own message: SQLAlchemy's str() also quotes the statement, and the
+        # trigger's SQL contains its RAISE text even when it failed with "database is locked".
+        error = str(getattr(outcome.error, "orig", None) or outcome.error or "")
         if action == "insert_or_rollback" and "UNIQUE constraint failed" in error:
             self.escape_certain = "INSERT OR ROLLBACK hit a conflict"
         if action == "trigger" and "memdb trigger says no" in error:
