@@ -146,11 +146,10 @@ class MemdbConfig:
     cache: bool = False
     """Keep built templates in pytest's cache folder (:mod:`pytest_memdb.cache`)."""
     rebuild: bool = False
-    restore: Restore = "backup"
+    restore: Restore = "auto"
     """How copy and rollback restore the working database: ``pages`` written (where the
-    page-recording VFS is available), ``backup`` of the whole template, ``auto``: pages
-    where available. Backup by default until a rare rollback-mode failure of the
-    isolation state machine seen with pages is understood (see CHANGELOG)."""
+    page-recording VFS is available, else a usage error), ``backup`` of the whole template,
+    ``auto`` (the default): pages where available, else backups."""
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> MemdbConfig:
@@ -227,7 +226,7 @@ class MemdbConfig:
             cache=bool(config.getoption("memdb_cache")) or bool(config.getini("memdb_cache")),
             rebuild=bool(config.getoption("memdb_rebuild")),
             restore=parse_restore(
-                str(config.getini("memdb_restore") or "").strip() or "backup",
+                str(config.getini("memdb_restore") or "").strip() or "auto",
                 f"memdb_restore in {ini_name}",
             ),
         )

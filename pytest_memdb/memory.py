@@ -207,9 +207,10 @@ class MemoryDatabase:
         another connection holds a lock on it (an open read or write). Needs
         :meth:`prepare_for_restores` first.
         """
-        watched = self._watched
-        if watched is not None and source is self._pages_from and source.page_file:
-            restored = watched.restore_from(source.page_file)
+        watched = self._watched if source is self._pages_from else None
+        page_file = source.page_file if watched is not None else None
+        if watched is not None and page_file:
+            restored = watched.restore_from(page_file)
             if restored is not None:
                 return restored
             # Something wrote around the shim (see pytest_memdb.pages): back up, start afresh.
@@ -217,8 +218,8 @@ class MemoryDatabase:
             return False
         if not self.fill_from(source, give_up_after=give_up_after):
             return False
-        if watched is not None and source is self._pages_from and source.page_file:
-            watched.baseline(source.page_file)
+        if watched is not None and page_file:
+            watched.baseline(page_file)
         return True
 
     def fill_from(self, source: MemoryDatabase, *, give_up_after: float = 5.0) -> bool:

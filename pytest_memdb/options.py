@@ -136,10 +136,10 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(
         "memdb_restore",
         "How copy and rollback put the working database back after a test that wrote: "
-        "backup (the whole template, the default), auto (only the pages it wrote, where "
-        "SQLite's VFS interface allows; else a backup) or pages (the same, or a usage "
-        "error where not available).",
-        default="backup",
+        "auto (the default: only the pages it wrote, where SQLite's VFS interface allows; "
+        "else a backup of the whole template), pages (the same, or a usage error where not "
+        "available) or backup (the whole template, as in 0.3).",
+        default="auto",
     )
     parser.addini(
         "memdb_strict",

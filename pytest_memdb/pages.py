@@ -169,6 +169,7 @@ class Watched:
         """The smallest size the file was truncated to since the last restore."""
         self.bypassed = False
         self.page_size = 4096
+        self.template_size = 0
         self.counter = 0
         self.cookie = 0
         self._buffer = ctypes.create_string_buffer(65536)
@@ -221,6 +222,7 @@ class Watched:
         """Start recording afresh: the database now holds ``source``'s pages (a backup)."""
         header = self._header()
         self.page_size = _page_size(_header_of(self._vfs, source))
+        self.template_size = self._vfs.size_of(source)  # the template is never written
         self.counter = int.from_bytes(header[24:28], "big")
         self.cookie = int.from_bytes(header[40:44], "big")
         self.dirty = set()
@@ -247,7 +249,7 @@ class Watched:
         handle = ctypes.addressof(self._handle)
         buffer = ctypes.addressof(self._buffer)
         size = self.page_size
-        template_size = vfs.size_of(source)
+        template_size = self.template_size
         pages = self.dirty
         self.dirty = set()
         if self.cut_to is not None:

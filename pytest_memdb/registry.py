@@ -43,7 +43,7 @@ class Template:
         label: str,
         pragmas: Pragmas = (),
         classes: SessionClasses = DEFAULT_CLASSES,
-        restore: Restore = "backup",
+        restore: Restore = "auto",
     ) -> None:
         self.source = source
         self.restore = restore
