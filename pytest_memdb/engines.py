@@ -26,6 +26,10 @@ keeps each test from reaching the next through them:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
+import sqlite3
 from typing import Any
 
 import aiosqlite
@@ -43,6 +47,10 @@ from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 
 __all__ = ["BUSY_TIMEOUT_S", "EnginePair", "leaves_connection_state"]
+
+CLOSE_WAIT_S = 2.0
+"""How long closing an aiosqlite connection waits for its worker thread (it answers in
+microseconds when it runs)."""
 
 
 class MemdbAioConnection(aiosqlite.Connection):
@@ -62,6 +70,28 @@ class MemdbAioConnection(aiosqlite.Connection):
     async def rollback(self) -> None:
         if self.memdb_raw is None or self.memdb_raw.in_transaction:
             await super().rollback()
+
+    async def close(self) -> None:
+        """aiosqlite's close, bounded: never waits on a worker thread that has stopped.
+
+        SQLAlchemy terminates a pooled connection whose session was garbage-collected (a
+        session a test leaked): that stops aiosqlite's worker thread, from whichever
+        thread the collector ran in, and can do so between aiosqlite's own "still
+        running" check and its queueing of the close, whose answer then never comes (seen:
+        a hang, once in a few hundred Hypothesis examples that each leaked a session, when
+        the plugin closed the leftovers). The worker's own stop closes the ``sqlite3``
+        connection; here it is closed directly when the worker is gone or does not answer.
+        """
+        thread = getattr(self, "_thread", None)
+        if self._connection is not None and (thread is None or thread.is_alive()):
+            try:
+                await asyncio.wait_for(super().close(), CLOSE_WAIT_S)
+                return
+            except asyncio.TimeoutError:
+                pass
+        self._connection = None
+        if self.memdb_raw is not None:
+            self.memdb_raw.close()  # rolls back what it held; closing twice is harmless
 
 
 def raw_connection(dbapi_connection: object) -> TrackedConnection | None:
@@ -125,10 +155,11 @@ def listeners(engine: Engine) -> tuple[object, ...]:
 class EnginePair:
     """The async and sync engines of one database, made on first use, disposed together.
 
-    With ``watch_state``, every statement run through either engine is looked at, and
-    :attr:`stateful` turns True once one of them may have left per-connection state
-    (see :func:`leaves_connection_state`), or a function was registered on a connection
-    a test was handed: pooled connections must then not be reused.
+    With ``watch_state``, every statement run on the engines' connections is looked at
+    (by the connections themselves: :meth:`TrackedConnection.arm`), and :attr:`stateful`
+    turns True once one of them may have left per-connection state (see
+    :func:`leaves_connection_state`), or a function was registered on a connection a test
+    was handed: pooled connections must then not be reused.
     """
 
     def __init__(
@@ -195,7 +226,7 @@ class EnginePair:
                 raise exc.DisconnectionError("pytest-memdb: connect listeners changed")
             raw = raw_connection(dbapi_connection)
             if raw is not None and raw.memdb_on_state is None:
-                raw.arm(self._state_left)
+                raw.arm(self._state_left, statements=self._watch)
             self._out[id(record)] = record
 
         def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -205,7 +236,10 @@ class EnginePair:
             self._out.pop(id(record), None)
             raw = raw_connection(dbapi_connection)
             if raw is not None:
-                raw.interrupt()  # a cancelled statement may still run in its worker thread
+                # A cancelled statement may still run in its worker thread. (A connection
+                # the garbage collector terminated meanwhile is closed: nothing runs.)
+                with contextlib.suppress(sqlite3.ProgrammingError):
+                    raw.interrupt()
 
         event.listen(engine, "connect", on_connect)
         event.listen(engine, "checkout", on_checkout)
@@ -213,13 +247,6 @@ class EnginePair:
         event.listen(engine, "invalidate", on_invalidate)
         event.listen(engine, "soft_invalidate", on_invalidate)
         explain_lock_errors(engine)
-        if self._watch:
-
-            def before_cursor_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-                if not self.stateful and leaves_connection_state(statement):
-                    self.stateful = True
-
-            event.listen(engine, "before_cursor_execute", before_cursor_execute)
         self._baseline[id(engine)] = listeners(engine)
 
     def _state_left(self) -> None:
@@ -233,12 +260,24 @@ class EnginePair:
         ``session`` mode that write lock would make every later test wait for the busy
         timeout; in ``copy`` mode it would keep the working database locked. Closing the
         connection rolls the pending write back.
-        """
-        leftovers, self._out = list(self._out.values()), {}
-        if leftovers:
-            from pytest_memdb._loop import run_sync
 
-            run_sync(util.greenlet_spawn(_invalidate, leftovers))
+        The garbage collector is kept from running meanwhile: a leaked session that it
+        collects makes SQLAlchemy terminate that session's connection, from whichever
+        thread it runs in, and doing so while the same connection is being invalidated
+        here failed SQLAlchemy's own checks (seen once in a few hundred Hypothesis
+        examples that each leaked a session).
+        """
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            leftovers, self._out = list(self._out.values()), {}
+            if leftovers:
+                from pytest_memdb._loop import run_sync
+
+                run_sync(util.greenlet_spawn(_invalidate, leftovers))
+        finally:
+            if collecting:
+                gc.enable()
 
     def pending_writer(self) -> TrackedConnection | None:
         """A connection a test holds (checked out) with a transaction open, if there is one."""
@@ -280,4 +319,5 @@ class EnginePair:
 
 def _invalidate(entries: list[ConnectionPoolEntry]) -> None:
     for entry in entries:
-        entry.invalidate()
+        if entry.dbapi_connection is not None:  # else closed already (terminated)
+            entry.invalidate()

@@ -40,6 +40,7 @@ holds an uncommitted write, unlike a file in rollback-journal mode.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 import threading
@@ -56,7 +57,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from pytest_memdb._loop import run_sync
 from pytest_memdb.connections import BUSY_TIMEOUT_S, connect, leaves_connection_state
 from pytest_memdb.dumps import save_connection_view
-from pytest_memdb.engines import MemdbAioConnection, listeners
+from pytest_memdb.engines import CLOSE_WAIT_S, MemdbAioConnection, listeners
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 from pytest_memdb.statements import leading_verb
@@ -92,7 +93,8 @@ class _SharedAioConnection(MemdbAioConnection):
             return
         future = self.stop()
         if future is not None:
-            await future
+            with contextlib.suppress(asyncio.TimeoutError):  # a worker stopped already
+                await asyncio.wait_for(future, CLOSE_WAIT_S)
 
     def stop(self) -> asyncio.Future[Any] | None:
         """Stop the worker thread only, also when aiosqlite calls this from ``__del__``.

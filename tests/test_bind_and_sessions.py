@@ -613,6 +613,45 @@ def test_marker_bind_without_ini_bind(pytester: pytest.Pytester) -> None:
     assert not (pytester.path / "real.db").exists()
 
 
+ORDER_TESTS = """
+    import pytest
+    from sqlalchemy import select
+
+    from app import db
+    from app.models import Item
+
+
+    @pytest.fixture(scope="module")
+    def module_value():
+        return "made before memdb"
+
+
+    @pytest.fixture
+    async def names_at_setup(module_value):
+        # A function-scoped fixture that uses the app before the test: it must already
+        # reach the test's database, as it did when an autouse fixture set memdb up.
+        async with db.SessionLocal() as session:
+            return list(await session.scalars(select(Item.name)))
+
+
+    async def test_a_fixture_set_up_before_the_test_is_bound(names_at_setup, module_value):
+        assert names_at_setup == ["seed"]
+"""
+
+
+def test_bind_reaches_function_fixtures_set_up_before_the_test(pytester: pytest.Pytester) -> None:
+    async_app(pytester, **{"test_order.py": ORDER_TESTS})
+    write_ini(
+        pytester,
+        memdb_metadata="app.models:Base",
+        memdb_load="app.seed:seed",
+        memdb_bind="app.db:SessionLocal",
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "real.db").exists()
+
+
 OTHER_MODELS = """
     from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 

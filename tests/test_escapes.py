@@ -322,6 +322,27 @@ def test_1_leaves_connection_state(memdb_sync_session, tmp_path):
         dbapi.execute(sql)
     assert dbapi.execute(f"SELECT {PROBE}(1), 'a' LIKE 'A'").fetchone() == (1, 0)
 """,
+    # Only SQL, run on the driver connection: no engine event sees it (the connections
+    # watch their own statements; an engine listener would not).
+    "driver-sql": """
+
+async def test_1_leaves_connection_state(memdb_session, tmp_path):
+    conn = await memdb_session.connection()
+    driver = (await conn.get_raw_connection()).driver_connection  # aiosqlite.Connection
+    for sql in left_state_sql(tmp_path):
+        await driver.execute(sql)
+    cursor = await driver.execute("SELECT 'a' LIKE 'A'")
+    assert await cursor.fetchone() == (0,)
+""",
+    "sync-driver-sql": """
+
+def test_1_leaves_connection_state(memdb_sync_session, tmp_path):
+    dbapi = memdb_sync_session.connection().connection.dbapi_connection
+    cursor = dbapi.cursor()
+    for sql in left_state_sql(tmp_path):
+        cursor.execute(sql)
+    assert dbapi.execute("SELECT 'a' LIKE 'A'").fetchone() == (0,)
+""",
 }
 
 
@@ -335,13 +356,15 @@ def test_1_leaves_connection_state(memdb_sync_session, tmp_path):
         # pools are emptied); only state set on the driver connection gets past it.
         ("copy", "driver"),
         ("copy", "sync-driver"),
+        ("copy", "driver-sql"),
+        ("copy", "sync-driver-sql"),
     ],
 )
 def test_connection_state_never_reaches_the_next_test(
     pytester: pytest.Pytester, mode: str, route: str
 ) -> None:
     others = ("copy", "session") if mode == "rollback" else ("rollback",)
-    flavours = ("sync", "async") if route == "sync-driver" else ("async", "sync")
+    flavours = ("sync", "async") if route.startswith("sync-") else ("async", "sync")
     tests = make_project(pytester, mode, inner(LEFT_STATE[route], mode, *others, flavours=flavours))
     result = run(pytester)
     result.assert_outcomes(passed=tests)
