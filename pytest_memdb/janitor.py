@@ -6,6 +6,7 @@ Imports SQLAlchemy: load it lazily (the plugin does, on the first memdb fixture)
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pytest_memdb.config import Isolation
 from pytest_memdb.dumps import save_committed, save_connection_view
+from pytest_memdb.errors import MemdbError
 from pytest_memdb.isolation import EngineSource
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.queries import QueryCounter
@@ -39,6 +41,7 @@ class MemdbHandle:
         save: Callable[[Path], Path] | None = None,
         classes: SessionClasses = DEFAULT_CLASSES,
         sync_makers: SyncMakers | None = None,
+        restart: Callable[[], tuple[EngineSource, Callable[[Path], Path] | None]] | None = None,
     ) -> None:
         self.database = database
         self.source = source
@@ -52,6 +55,14 @@ class MemdbHandle:
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._sync_sessionmaker: orm.sessionmaker[orm.Session] | None = None
         self._closed = False
+        self._restart = restart
+        self._sessions: list[weakref.ref[AsyncSession | orm.Session]] = []
+        """The sessions :meth:`session` and :meth:`sync_session` made, closed by a reset."""
+
+    @property
+    def engines_handed(self) -> EngineSource:
+        """The engines this test was handed (a reset may hand new ones)."""
+        return self._engines
 
     @property
     def name(self) -> str:
@@ -93,7 +104,75 @@ class MemdbHandle:
 
     def session(self) -> AsyncSession:
         """A new ``AsyncSession``; use it as ``async with memdb.session() as session:``."""
-        return self.sessionmaker()
+        session = self.sessionmaker()
+        self._sessions.append(weakref.ref(session))
+        return session
+
+    def sync_session(self) -> orm.Session:
+        """A new ``Session`` on the sync engine; ``with memdb.sync_session() as session:``."""
+        session = self.sync_sessionmaker()
+        self._sessions.append(weakref.ref(session))
+        return session
+
+    def reset(self) -> None:
+        """Start again from the template, within one test: one Hypothesis example after another.
+
+        Closes the sessions this handle made (the ``memdb_session`` and
+        ``memdb_sync_session`` fixtures' too: they stay usable, empty, and begin anew on
+        their next statement), rolls back or restores what the test did, as its isolation
+        mode does at teardown (in ``session`` mode too), and begins again. An escape from
+        ``rollback`` isolation is reported here, as at teardown. In an async test, ``await
+        memdb.areset()`` does the same without leaving the test's event loop.
+        """
+        from pytest_memdb._loop import run_sync
+
+        for session in self._made_sessions():
+            if isinstance(session, AsyncSession):
+                run_sync(session.close())
+            else:
+                session.close()
+        self._begin_again()
+
+    async def areset(self) -> None:
+        """:meth:`reset`, awaited in the test's own event loop."""
+        for session in self._made_sessions():
+            if isinstance(session, AsyncSession):
+                await session.close()
+            else:
+                session.close()
+        self._begin_again()
+
+    def _made_sessions(self) -> list[AsyncSession | orm.Session]:
+        alive = [made for made in (ref() for ref in self._sessions) if made is not None]
+        self._sessions = [weakref.ref(made) for made in alive]
+        return alive
+
+    def _begin_again(self) -> None:
+        if self._closed or self._restart is None:
+            raise MemdbError(f"pytest-memdb: {self.name} cannot be reset: it was handed back.")
+        self._engines, self._save = self._restart()
+        self._rebind()
+
+    def _rebind(self) -> None:
+        """Point this handle's sessionmakers and sessions at the engines the test has now.
+
+        A reset replaces engines a test changed (listeners, options) and renews rollback's
+        shared connection after per-connection state; the sessions the test holds (its
+        fixtures') and the sessionmakers it handed the app are re-bound in place
+        (``configure(bind=...)``), so they reach the new ones.
+        """
+        if self._sessionmaker is not None and self._sessionmaker.kw.get("bind") is not self.engine:
+            self._sessionmaker.configure(bind=self.engine)
+        sync_maker = self._sync_sessionmaker
+        if sync_maker is not None and sync_maker.kw.get("bind") is not self.sync_engine:
+            sync_maker.configure(bind=self.sync_engine)
+        for session in self._made_sessions():
+            if isinstance(session, AsyncSession):
+                if session.bind is not self.engine:
+                    session.bind = self.engine
+                    session.sync_session.bind = self.engine.sync_engine
+            elif session.bind is not self.sync_engine:
+                session.bind = self.sync_engine
 
     @property
     def queries(self) -> QueryCounter:

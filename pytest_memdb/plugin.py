@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from pytest_memdb.janitor import MemdbHandle
+    from pytest_memdb.layers import Layer
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
     from pytest_memdb.strict import StrictGuard
@@ -156,21 +157,26 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
 
 
 def open_database(
-    request: pytest.FixtureRequest, fixture: str, target: Callable[[], Target]
+    request: pytest.FixtureRequest,
+    fixture: str,
+    target: Callable[[], Target],
+    layer: Layer | None = None,
 ) -> Iterator[MemdbHandle]:
     """Set up one database fixture: configuration errors become a clean test error.
 
     The app objects the target binds (``memdb_bind``) point at the database for as long
-    as the fixture lives.
+    as the fixture lives. With a ``layer``, the database is a copy of it, and the test
+    must not write to the layer itself.
     """
     guard = request.config.stash.get(strict_key, None)
     try:
         wanted = target()
         registry = _registry(request.config)
         with guard.paused() if guard is not None else contextlib.nullcontext():
-            handle = registry.open(wanted)  # a build (migrations, seeds) may open others
+            handle = registry.open(wanted, layer)  # a build (migrations, seeds) may open others
     except MemdbError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    layer_before = layer.written() if layer is not None else None
     held = request.node.stash.setdefault(open_handles_key, [])
     held.append((fixture, handle))
     if guard is not None:
@@ -190,27 +196,99 @@ def open_database(
         held.remove((fixture, handle))
         try:
             handle.close()
+            if layer is not None:
+                layer.check_unwritten_since(layer_before, request.node.nodeid)
         except MemdbError as exc:  # the test escaped its isolation: an error at its teardown
             raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
-@pytest.fixture(autouse=True)
-def _memdb_bind(request: pytest.FixtureRequest) -> None:
+def open_layer(request: pytest.FixtureRequest, scope: str, parent: Layer | None) -> Iterator[Layer]:
+    """Set up one scope's layer (``memdb_suite``, ``memdb_module``, ``memdb_class``)."""
+    settings = request.config.stash[settings_key]
+    node = request.node
+    try:
+        layer = _registry(request.config).layer(
+            lambda: settings.target_for(node), scope, getattr(node, "name", scope), parent
+        )
+    except MemdbError as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    try:
+        yield layer
+    finally:
+        layer.close()
+
+
+def _innermost_layer(request: pytest.FixtureRequest) -> Layer | None:
+    """The layer of the narrowest scope this test asked for (through its fixtures), if any."""
+    names = request.fixturenames
+    for name in ("memdb_class", "memdb_module", "memdb_suite"):
+        if name in names:
+            found: Layer = request.getfixturevalue(name)
+            return found
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With ``memdb_bind`` (or a marker's ``bind=``), every test gets ``memdb``, so the app's
-    objects never reach the app's own database, even in tests that do not ask for it."""
-    settings = request.config.stash.get(settings_key, None)
+    objects never reach the app's own database, even in tests that do not ask for it.
+
+    Added to those tests' fixtures here, as the first of their function-scoped ones (where an
+    autouse fixture would set it up), rather than by an autouse fixture: that one cost every
+    test of the suite, memdb or not, about 30 us.
+    """
+    settings = config.stash.get(settings_key, None)
     if settings is None:
         return
-    marker = request.node.get_closest_marker("memdb")
-    if settings.bind or (marker is not None and marker.kwargs.get("bind")):
-        request.getfixturevalue("memdb")
+    for item in items:
+        names = getattr(item, "fixturenames", None)
+        if not isinstance(names, list) or "memdb" in names:
+            continue
+        marker = item.get_closest_marker("memdb")
+        if settings.bind or (marker is not None and marker.kwargs.get("bind")):
+            at = _first_function_scoped(item, names)
+            item.fixturenames = [*names[:at], "memdb", *names[at:]]  # type: ignore[attr-defined]
+
+
+def _first_function_scoped(item: pytest.Item, names: list[str]) -> int:
+    """Where the function-scoped fixtures of ``item`` begin (pytest sorts them last)."""
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = getattr(info, "name2fixturedefs", {})
+    for index, name in enumerate(names):
+        found = definitions.get(name)
+        if found and found[-1].scope == "function":
+            return index
+    return len(names)
 
 
 @pytest.fixture
 def memdb(request: pytest.FixtureRequest) -> Iterator[MemdbHandle]:
-    """This test's in-memory database: name, URLs, engines, sessions."""
+    """This test's in-memory database: name, URLs, engines, sessions; a copy of the template,
+    or of the data the test's scoped fixtures added through a layer (``memdb_module``...)."""
     settings = request.config.stash[settings_key]
-    yield from open_database(request, "memdb", lambda: settings.target_for(request.node))
+    layer = _innermost_layer(request)
+    yield from open_database(request, "memdb", lambda: settings.target_for(request.node), layer)
+
+
+@pytest.fixture(scope="session")
+def memdb_suite(request: pytest.FixtureRequest) -> Iterator[Layer]:
+    """Data for every test of the run (per xdist worker): write it from a session-scoped
+    fixture (``memdb_session`` is the test's ``AsyncSession``, hence the name)."""
+    yield from open_layer(request, "session", None)
+
+
+@pytest.fixture(scope="module")
+def memdb_module(request: pytest.FixtureRequest, memdb_suite: Layer) -> Iterator[Layer]:
+    """Data for the tests of one module, on top of ``memdb_suite``'s: write it from a
+    module-scoped fixture; each test of the module that asks for that fixture starts from
+    the template plus it."""
+    yield from open_layer(request, "module", memdb_suite)
+
+
+@pytest.fixture(scope="class")
+def memdb_class(request: pytest.FixtureRequest, memdb_module: Layer) -> Iterator[Layer]:
+    """Data for the tests of one class (Django's ``setUpTestData``), on top of the module's."""
+    yield from open_layer(request, "class", memdb_module)
 
 
 @pytest.fixture
@@ -246,7 +324,7 @@ def memdb_session(memdb: MemdbHandle) -> Iterator[AsyncSession]:
 @pytest.fixture
 def memdb_sync_session(memdb: MemdbHandle) -> Iterator[Session]:
     """A synchronous ``Session`` on the same database, for sync tests and set-up code."""
-    with memdb.sync_sessionmaker() as session:
+    with memdb.sync_session() as session:
         yield session
 
 

@@ -6,6 +6,7 @@ Imports SQLAlchemy: load it lazily.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pytest_memdb._loop import run_sync
@@ -14,8 +15,9 @@ from pytest_memdb.cache import TemplateCache
 from pytest_memdb.config import Isolation, MemdbConfig, Restore, Target
 from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.importing import import_metadata
-from pytest_memdb.isolation import ESCAPED, STRATEGIES, EngineSource, Strategy
+from pytest_memdb.isolation import ESCAPED, STRATEGIES, EngineSource, Save, Strategy
 from pytest_memdb.janitor import MemdbHandle
+from pytest_memdb.layers import LAYER_SCOPES, Deferred, Layer
 from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
 from pytest_memdb.pragmas import Pragmas
@@ -59,6 +61,26 @@ class Template:
         self._session: WorkingDatabase | None = None
         self._as_built = database.writes()
 
+    def derived(self, database: MemoryDatabase, label: str) -> Template:
+        """A template of the same settings on another database (a layer, frozen)."""
+        return Template(
+            self.source,
+            database,
+            echo=self.echo,
+            worker=self.worker,
+            label=label,
+            pragmas=self.pragmas,
+            classes=self.classes,
+            restore=self.restore,
+        )
+
+    def template(self) -> Template:
+        """What tests start from (a template is the bottom of a stack of layers)."""
+        return self
+
+    def root(self) -> Template:
+        return self
+
     def open(self, isolation: Isolation) -> MemdbHandle:
         """A database for one test, equal to the template as built (except in ``session``)."""
         strategy = STRATEGIES[isolation]
@@ -67,16 +89,18 @@ class Template:
         if source is not None and source is not working.last_handed:
             working.settle_if_needed(source)  # a test of another mode may have reached it
         engines, save = strategy.begin(working)
-        return MemdbHandle(
+        handle = MemdbHandle(
             database=working.database,
             source=self.source,
             isolation=isolation,
             engines=engines,
-            release=lambda: self._end(strategy, working, engines),
+            release=lambda: self._end(strategy, working, handle.engines_handed),
             save=save,
             classes=self.classes,
             sync_makers=self._sync_makers,
+            restart=lambda: self._restart(strategy, working, handle.engines_handed),
         )
+        return handle
 
     def _take(self, strategy: Strategy) -> WorkingDatabase:
         if not strategy.restores:
@@ -112,6 +136,31 @@ class Template:
         if escape is not None:
             raise IsolationError(ESCAPED.format(how=escape))
 
+    def _restart(
+        self, strategy: Strategy, working: WorkingDatabase, engines: EngineSource
+    ) -> tuple[EngineSource, Save | None]:
+        """``memdb.reset()``: the way out of a test, then the way in again, on the same
+        working database made equal to the template (in ``session`` mode too: a reset asks
+        for it). One Hypothesis example after another, each from the template."""
+        escape = None
+        try:
+            working.engines.close_leftovers()
+            escape = strategy.end(working)
+            working.settle_if_needed(engines)
+            if not working.make_equal(after_test=True, force=not strategy.restores):
+                raise MemdbError(
+                    f"pytest-memdb: memdb.reset() could not restore {working.database.name}: "
+                    "a connection the test opened itself (an engine built from memdb_url, a "
+                    "raw sqlite3 connection) holds a read or a write open on it. Commit or "
+                    "close it before the reset."
+                )
+        finally:
+            self.check_unchanged()
+        restarted = strategy.begin(working)
+        if escape is not None:
+            raise IsolationError(ESCAPED.format(how=escape))
+        return restarted
+
     def _new_working(self, role: str) -> WorkingDatabase:
         name = unique_name(self.worker, self.label, role)
         return WorkingDatabase(
@@ -120,12 +169,13 @@ class Template:
             echo=self.echo,
             pragmas=self.pragmas,
             watch_state=role != "session",
-            record_pages=role != "session" and self.restore != "backup",
+            record_pages=self.restore != "backup",  # session mode's too: memdb.reset()
         )
 
     def _carry_over(self, leaked: WorkingDatabase) -> WorkingDatabase:
         """The session database again, under a new name: a connection an earlier test
-        leaked holds a lock on it, which would make this test wait and fail."""
+        leaked holds a lock on it, which would make this test wait and fail. (Its pages are
+        not recorded: it does not start as a copy of the template, so a reset backs up.)"""
         name = unique_name(self.worker, self.label, "session")
         try:
             fresh = WorkingDatabase(
@@ -198,9 +248,38 @@ class MemdbRegistry:
         self._failures: dict[tuple[tuple[object, ...], str], MemdbError] = {}
         self._binders: dict[tuple[tuple[str, ...], str], Binder] = {}
 
-    def open(self, target: Target) -> MemdbHandle:
-        """This test's database, isolated as ``target.isolation`` says."""
-        return self.template(target).open(target.isolation)
+    def open(self, target: Target, layer: Layer | None = None) -> MemdbHandle:
+        """This test's database, isolated as ``target.isolation`` says: a copy of the
+        template, or of the innermost ``layer`` of the test's scopes."""
+        template = self.template(target)
+        if layer is not None:
+            if layer.root() is not template:
+                raise MemdbError(
+                    f"pytest-memdb: this test's memdb is built from {target.describe()}, but "
+                    f"its {layer.scope} layer ({LAYER_SCOPES[layer.scope]}) from another "
+                    "template (a memdb marker on the test that its module or class does not "
+                    "have). Put the marker where the layer fixture's scope is (pytestmark, "
+                    "the class), or leave the layer fixture out of this test."
+                )
+            template = layer.template()
+        return template.open(target.isolation)
+
+    def layer(
+        self, target: Callable[[], Target], scope: str, label: str, parent: Layer | None
+    ) -> Layer:
+        """A new layer for one scope, on ``parent`` when that is laid on the same template.
+
+        The outermost (session) layer finds its template on first use: a run whose sources
+        are all in markers has none for the session, and only a layer used there needs one.
+        """
+        base = Deferred(lambda: self.template(target()))
+        if parent is None:
+            return Layer(base, scope, label)
+        try:
+            same = parent.root() is base.root()
+        except MemdbError:  # the wider layer has no template of its own: not this one's
+            same = False
+        return Layer(parent if same else base, scope, label)
 
     def template(self, target: Target) -> Template:
         """The template ``target`` describes; one that failed to build fails fast after."""

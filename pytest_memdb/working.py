@@ -89,16 +89,18 @@ class WorkingDatabase:
         """Whether any connection committed to this database since it was last made equal."""
         return self.database.data_version() != self._version
 
-    def make_equal(self, *, after_test: bool = False) -> bool:
+    def make_equal(self, *, after_test: bool = False, force: bool = False) -> bool:
         """Bring the database back to the template's content; False if a leaked lock stops it.
 
         Called before each test (a leaked connection may commit at any time) and after one
         (``after_test``: so the database is the template's again as soon as it can be; a
         test that committed nothing counts as a reuse). A restore checks the locks itself.
+        ``force``: restore even if nothing was committed since the last check (a ``session``
+        database, whose earlier tests' writes are not counted as changes).
         """
         if self.database.closed:
             return False  # a test called memdb.database.close() (the anchor)
-        if not self.changed():
+        if not force and not self.changed():
             self.reuses += after_test
             return self.database.is_free()
         if not self.database.restore_from(self.template):

@@ -14,3 +14,12 @@ from tests.helpers import make_sqlite
 def app_db(pytester: pytest.Pytester) -> Path:
     """A three-user fixture file inside the pytester project, at ``data/app.sqlite``."""
     return make_sqlite(pytester.path / "data" / "app.sqlite")
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester, with pytest-randomly (installed for the tests that run under it) off in the
+    inner runs unless a test turns it on: most inner suites check what test 2 sees after
+    test 1. pytester clears ``PYTEST_ADDOPTS`` when it is made, so it is set after."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    return pytester

@@ -417,8 +417,9 @@ def test_readme_project_passes(pytester: pytest.Pytester, name: str | None) -> N
 
 
 def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, but Python's caches and Hypothesis's example database."""
     return {
         str(path.relative_to(folder)): path.read_bytes()
         for path in folder.rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts
+        if path.is_file() and not {"__pycache__", ".hypothesis"} & set(path.parts)
     }

@@ -1,0 +1,261 @@
+"""Layers: data set up once per session, module or class, with every test still isolated.
+
+Real pytest runs on a real fixture file (three users), in every isolation mode, in order,
+under pytest-randomly and under xdist's ``--dist load`` (which interleave modules, so
+layers are torn down and built again). Each inner test asserts what it sees itself.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import write_ini
+
+pytestmark = pytest.mark.usefixtures("app_db")
+
+MODELS = """
+    from sqlalchemy import Integer, String
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+    class Base(DeclarativeBase):
+        pass
+
+
+    class User(Base):
+        __tablename__ = "user"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        name: Mapped[str] = mapped_column(String)
+        email: Mapped[str | None] = mapped_column(String, nullable=True)
+"""
+
+CONFTEST = """
+    import pytest
+    from sqlalchemy import text
+
+    from models import User
+
+    BASE = ["ada", "brian", "grace"]
+
+
+    @pytest.fixture(scope="session")
+    def suite_rows(memdb_suite):
+        with memdb_suite.sync_session() as session:
+            session.add(User(name="suite"))
+            session.commit()
+
+
+    def names_sync(session):
+        return list(session.execute(text("SELECT name FROM user ORDER BY id")).scalars())
+
+
+    async def names(session):
+        return list((await session.execute(text("SELECT name FROM user ORDER BY id"))).scalars())
+"""
+
+MODULE_A = """
+    import pytest
+    import pytest_asyncio
+    from sqlalchemy import text
+
+    from conftest import BASE, names, names_sync
+    from models import User
+
+    LATE = []
+    # filled when the late module fixture is set up (its row is in the module layer then)
+
+
+    def module_rows():
+        return [*BASE, "suite", "mod0", "mod1", *LATE]
+
+
+    @pytest.fixture(scope="module")
+    def module_users(memdb_module, suite_rows):
+        with memdb_module.sync_session() as session:
+            users = [User(name="mod0"), User(name="mod1")]
+            session.add_all(users)
+            session.commit()
+        return users
+
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module")
+    async def module_async_row(memdb_module, module_users):
+        async with memdb_module.session() as session:
+            row = User(name="async-mod")
+            session.add(row)
+            await session.commit()
+        LATE.append("async-mod")
+        return row
+
+
+    @pytest.fixture(scope="class")
+    def class_row(memdb_class, module_users):
+        with memdb_class.sync_session() as session:
+            session.add(User(name="cls"))
+            session.commit()
+
+
+    async def test_a1_sees_the_module_layer(memdb, memdb_session, module_users):
+        assert await names(memdb_session) == module_rows()
+        # The layer's objects: detached, with their ids and loaded attributes.
+        assert [u.id for u in module_users] == [5, 6]
+        assert module_users[1].name == "mod1"
+        memdb_session.add(User(name="a1"))
+        await memdb_session.commit()
+        assert await names(memdb_session) == [*module_rows(), "a1"]
+
+
+    async def test_a2_does_not_see_a1(memdb, memdb_session, module_users):
+        seen = await names(memdb_session)
+        if memdb.isolation == "session":
+            assert seen[:6] == module_rows()[:6]
+        else:
+            assert seen == module_rows()
+
+
+    def test_a3_sync_test_sees_the_module_layer(memdb, memdb_sync_session, module_users):
+        seen = names_sync(memdb_sync_session)
+        if memdb.isolation != "session":
+            assert seen == module_rows()
+        memdb_sync_session.execute(text("DELETE FROM user"))
+        memdb_sync_session.commit()
+
+
+    def test_a4_without_the_layer_sees_the_template(memdb, memdb_sync_session):
+        seen = names_sync(memdb_sync_session)
+        if memdb.isolation != "session":
+            assert seen == BASE
+
+
+    async def test_a5_a_layer_fixture_set_up_late(memdb, memdb_session, module_async_row):
+        seen = await names(memdb_session)
+        if memdb.isolation != "session":
+            assert seen == module_rows()
+        assert module_async_row.name == "async-mod" and module_async_row.id == 7
+
+
+    class TestClassLayer:
+        async def test_c1_sees_module_and_class_layers(self, memdb, memdb_session, class_row):
+            if memdb.isolation != "session":
+                assert await names(memdb_session) == [*module_rows(), "cls"]
+            await memdb_session.execute(text("UPDATE user SET name = 'changed'"))
+            await memdb_session.commit()
+
+        def test_c2_does_not_see_c1(self, memdb, memdb_sync_session, class_row):
+            if memdb.isolation != "session":
+                assert names_sync(memdb_sync_session) == [*module_rows(), "cls"]
+
+
+    async def test_a6_the_class_layer_is_gone(memdb, memdb_session, module_async_row):
+        if memdb.isolation != "session":
+            assert await names(memdb_session) == module_rows()
+"""
+
+MODULE_B = """
+    from conftest import BASE, names, names_sync
+
+
+    async def test_b1_another_module_sees_no_module_layer(memdb, memdb_session):
+        if memdb.isolation != "session":
+            assert await names(memdb_session) == BASE
+
+
+    def test_b2_the_suite_layer(memdb, memdb_sync_session, suite_rows):
+        if memdb.isolation != "session":
+            assert names_sync(memdb_sync_session) == [*BASE, "suite"]
+"""
+
+
+def _project(pytester: pytest.Pytester, isolation: str) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
+    pytester.makepyfile(
+        models=MODELS, conftest=CONFTEST, test_layer_a=MODULE_A, test_layer_b=MODULE_B
+    )
+
+
+TESTS = 10
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback", "session"])
+def test_layers_in_order(pytester: pytest.Pytester, isolation: str) -> None:
+    _project(pytester, isolation)
+    result = pytester.runpytest_subprocess(timeout=300)
+    result.assert_outcomes(passed=TESTS)
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+@pytest.mark.parametrize("seed", ["1", "2", "3"])
+def test_layers_under_pytest_randomly(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str, seed: str
+) -> None:
+    _project(pytester, isolation)
+    monkeypatch.delenv("PYTEST_ADDOPTS")
+    result = pytester.runpytest_subprocess("-p", "randomly", f"--randomly-seed={seed}", timeout=300)
+    result.assert_outcomes(passed=TESTS)
+    result.stdout.fnmatch_lines([f"Using --randomly-seed={seed}"])
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_layers_under_xdist_dist_load(pytester: pytest.Pytester, isolation: str) -> None:
+    """``--dist load`` hands tests of one module to both workers, interleaved with the
+    other module's: each worker builds (and rebuilds) the layers it needs."""
+    _project(pytester, isolation)
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "load", timeout=300)
+    result.assert_outcomes(passed=TESTS)
+
+
+HOSTILE = """
+    import pytest
+    from sqlalchemy import text
+
+
+    @pytest.fixture(scope="module")
+    def rows(memdb_module):
+        with memdb_module.sync_session() as session:
+            session.execute(text("INSERT INTO user (name) VALUES ('mod')"))
+            session.commit()
+        return memdb_module
+
+
+    def test_1_writes_to_the_layer_itself(memdb, rows):
+        with rows.sync_session() as session:
+            session.execute(text("INSERT INTO user (name) VALUES ('sneaky')"))
+            session.commit()
+
+
+    def test_2_next(memdb_sync_session, rows):
+        count = memdb_sync_session.execute(text("SELECT count(*) FROM user")).scalar_one()
+        assert count in (4, 5)
+
+
+    @pytest.fixture(scope="module")
+    def uncommitted(memdb_module):
+        session = memdb_module.sync_session()
+        session.execute(text("INSERT INTO user (name) VALUES ('pending')"))
+        yield
+        session.close()
+
+
+    def test_3_a_layer_left_uncommitted(memdb, uncommitted):
+        pass
+
+
+    @pytest.mark.memdb(metadata="models:Base")
+    def test_4_another_template_than_the_layer(memdb, rows):
+        pass
+"""
+
+
+def test_a_layer_is_not_written_by_tests_and_errors_say_why(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(models=MODELS, test_hostile=HOSTILE)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    result.assert_outcomes(passed=2, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_1_writes_to_the_layer_itself wrote to the module layer (memdb_module) itself*",
+            "*module layer * holds an uncommitted write*",
+            "*this test's memdb is built from *, but its module layer (memdb_module) from "
+            "another template*",
+        ]
+    )

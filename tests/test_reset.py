@@ -1,0 +1,166 @@
+"""``memdb.reset()`` / ``await memdb.areset()``: every Hypothesis example from the template.
+
+Real pytest runs of real ``@given`` tests on a real fixture file, in every isolation mode.
+Each example writes a row, DDL and ``user_version``; the next example must see none of it.
+The same suite without the reset must fail (so these tests can fail).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import write_ini
+
+pytestmark = pytest.mark.usefixtures("app_db")
+
+EXAMPLES = """
+    import os
+
+    import pytest
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from sqlalchemy import text
+
+    RESET = os.environ.get("MEMDB_TEST_RESET", "1") == "1"
+    EXAMPLE = settings(
+        max_examples=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+        database=None,
+    )
+    NAMES = st.text(alphabet="abcdefghij", min_size=1, max_size=8)
+
+
+    async def state(session):
+        count = (await session.execute(text("SELECT count(*) FROM user"))).scalar_one()
+        tables = (await session.execute(text(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+        ))).scalar_one()
+        version = (await session.execute(text("PRAGMA user_version"))).scalar_one()
+        return count, tables, version
+
+
+    def sync_state(session):
+        count = session.execute(text("SELECT count(*) FROM user")).scalar_one()
+        tables = session.execute(text(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+        )).scalar_one()
+        version = session.execute(text("PRAGMA user_version")).scalar_one()
+        return count, tables, version
+
+
+    @EXAMPLE
+    @given(name=NAMES)
+    async def test_1_async_examples(memdb, memdb_session, name):
+        if RESET:
+            await memdb.areset()
+        assert await state(memdb_session) == (3, 1, 0)
+        await memdb_session.execute(text("INSERT INTO user (name) VALUES (:n)"), {"n": name})
+        await memdb_session.commit()
+        await memdb_session.execute(text("CREATE TABLE IF NOT EXISTS extra (id INTEGER)"))
+        await memdb_session.execute(text("PRAGMA user_version = 5"))
+        await memdb_session.commit()
+        async with memdb.session() as other:  # a second session of the test sees it too
+            assert await state(other) == (4, 2, 5)
+
+
+    @EXAMPLE
+    @given(name=NAMES)
+    def test_2_sync_examples(memdb, memdb_sync_session, name):
+        if RESET:
+            memdb.reset()
+        assert sync_state(memdb_sync_session) == (3, 1, 0)
+        memdb_sync_session.execute(text("INSERT INTO user (name) VALUES (:n)"), {"n": name})
+        memdb_sync_session.execute(text("CREATE TABLE IF NOT EXISTS extra2 (id INTEGER)"))
+        memdb_sync_session.commit()
+        memdb_sync_session.execute(text("INSERT INTO user (name) VALUES ('pending')"))
+        # left uncommitted: the reset must roll it back, not wait on it
+
+
+    @EXAMPLE
+    @given(name=NAMES)
+    async def test_3_examples_in_an_app_session(memdb, name):
+        # Sessions the test makes itself from memdb.sessionmaker and leaves open.
+        if RESET:
+            await memdb.areset()
+        session = memdb.sessionmaker()
+        assert await state(session) == (3, 1, 0)
+        await session.execute(text("INSERT INTO user (name) VALUES (:n)"), {"n": name})
+        await session.commit()
+        await session.execute(text("INSERT INTO user (name) VALUES ('pending')"))
+
+
+    async def test_4_the_next_test(memdb, memdb_session):
+        if memdb.isolation != "session":
+            assert await state(memdb_session) == (3, 1, 0)
+"""
+
+
+def _project(pytester: pytest.Pytester, isolation: str) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
+    pytester.makepyfile(test_examples=EXAMPLES)
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback", "session"])
+def test_every_example_starts_from_the_template(
+    pytester: pytest.Pytester, isolation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _project(pytester, isolation)
+    monkeypatch.setenv("MEMDB_TEST_RESET", "1")
+    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    result.assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_without_the_reset_the_examples_share_one_database(
+    pytester: pytest.Pytester, isolation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suite above can fail: without ``reset()`` the second example sees the first's row."""
+    _project(pytester, isolation)
+    monkeypatch.setenv("MEMDB_TEST_RESET", "0")
+    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 2, result.stdout.str()[-3000:]
+
+
+HOSTILE = """
+    import sqlite3
+
+    import pytest
+    from sqlalchemy import text
+
+
+    @pytest.mark.memdb(isolation="rollback")
+    async def test_1_commit_as_text_is_reported_at_the_reset(memdb, memdb_session):
+        await memdb_session.execute(text("INSERT INTO user (name) VALUES ('escaped')"))
+        await memdb_session.execute(text("COMMIT"))
+        with pytest.raises(Exception, match="ended the plugin's outer transaction"):
+            await memdb.areset()
+        count = (await memdb_session.execute(text("SELECT count(*) FROM user"))).scalar_one()
+        assert count == 3
+
+
+    def test_2_a_raw_connection_holding_a_write_is_named(memdb):
+        raw = sqlite3.connect(memdb.database.sqlite_uri, uri=True)
+        raw.execute("INSERT INTO user (name) VALUES ('held')")
+        try:
+            with pytest.raises(Exception, match="could not restore .* raw sqlite3 connection"):
+                with memdb.sync_session() as session:
+                    session.execute(text("SELECT 1"))
+                memdb.reset()
+        finally:
+            raw.rollback()
+            raw.close()
+        memdb.reset()
+
+
+    async def test_3_the_next_test_sees_the_template(memdb_session):
+        count = (await memdb_session.execute(text("SELECT count(*) FROM user"))).scalar_one()
+        assert count == 3
+"""
+
+
+def test_a_reset_reports_escapes_and_names_leaked_locks(pytester: pytest.Pytester) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(test_hostile=HOSTILE)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    result.assert_outcomes(passed=3)
