@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import Session
 
+    from pytest_memdb.factory_binding import FactoryBinding, FactoryModules
     from pytest_memdb.janitor import MemdbHandle
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
@@ -34,6 +35,7 @@ registry_key = pytest.StashKey["MemdbRegistry"]()
 strict_key = pytest.StashKey["StrictGuard"]()
 open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
 """The databases a test holds, by fixture name, for ``--memdb-keep-failed``."""
+factory_modules_key = pytest.StashKey["FactoryModules"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -204,6 +206,52 @@ def _memdb_bind(request: pytest.FixtureRequest) -> None:
     marker = request.node.get_closest_marker("memdb")
     if settings.bind or (marker is not None and marker.kwargs.get("bind")):
         request.getfixturevalue("memdb")
+
+
+@pytest.fixture(autouse=True)
+def _memdb_factories(request: pytest.FixtureRequest) -> None:
+    """With ``memdb_factories``, every test gets ``memdb_factories``: the modules' factories
+    write through the test's session, even in tests that do not ask for the fixture."""
+    settings = request.config.stash.get(settings_key, None)
+    if settings is not None and settings.factories:
+        request.getfixturevalue("memdb_factories")
+
+
+@pytest.fixture
+def memdb_factories(request: pytest.FixtureRequest, memdb: MemdbHandle) -> Iterator[FactoryBinding]:
+    """factory_boy / polyfactory factories writing through this test's session: those of the
+    ``memdb_factories`` modules, and any passed to ``.bind(...)``; put back at teardown."""
+    from pytest_memdb.factory_binding import FactoryBinding, session_kind
+
+    binding = FactoryBinding(
+        session_kind(request.fixturenames),
+        sync_session=lambda: request.getfixturevalue("memdb_sync_session"),
+        async_session=lambda: request.getfixturevalue("memdb_session"),
+    )
+    try:
+        modules = _factory_modules(request.config)
+        if modules is not None:
+            try:
+                binding.bind(*modules.factories())
+            except MemdbError as exc:
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+        yield binding
+    finally:
+        binding.restore()
+
+
+def _factory_modules(config: pytest.Config) -> FactoryModules | None:
+    """The ``memdb_factories`` modules of the run, imported at their first use."""
+    settings = config.stash[settings_key]
+    if not settings.factories:
+        return None
+    modules = config.stash.get(factory_modules_key, None)
+    if modules is None:
+        from pytest_memdb.factory_binding import FactoryModules
+
+        modules = FactoryModules(settings.factories, settings.factories_origin, settings.base_dir)
+        config.stash[factory_modules_key] = modules
+    return modules
 
 
 @pytest.fixture
