@@ -103,7 +103,7 @@ class FactoryModules:
                 try:
                     module = import_module(name, self.origin, self._base_dir)
                 except MemdbError as exc:
-                    raise MemdbError(f"{exc}{_install_hint(exc)}") from exc
+                    raise _with_install_hint(exc) from exc
                 classes = factories_in(module)
                 if not classes:
                     raise MemdbError(
@@ -116,11 +116,15 @@ class FactoryModules:
         return self._factories
 
 
-def _install_hint(exc: MemdbError) -> str:
-    missing = getattr(exc.__cause__, "name", None)
-    if isinstance(exc.__cause__, ModuleNotFoundError) and missing in ("factory", "polyfactory"):
-        return " Install the factory libraries: pip install 'pytest-memdb[factories]'"
-    return ""
+def _with_install_hint(exc: MemdbError) -> MemdbError:
+    """The import error, saying what to install when factory_boy or polyfactory is missing."""
+    cause = exc.__cause__
+    if isinstance(cause, ModuleNotFoundError) and cause.name in ("factory", "polyfactory"):
+        return MemdbError(
+            f"{str(exc).rstrip('.')}. Install the factory libraries: "
+            "pip install 'pytest-memdb[factories]'"
+        )
+    return exc
 
 
 class FactoryBinding:
