@@ -83,6 +83,16 @@ FACTORIES = """
             sqlalchemy_session_persistence = "commit"
 
 
+    def own_session_factory():
+        return OWN_SESSION
+
+
+    class MadeAuthorFactory(AuthorFactory):  # its own Meta names a session factory
+        class Meta:
+            sqlalchemy_session = None
+            sqlalchemy_session_factory = own_session_factory
+
+
     class PolyBase(SQLAlchemyFactory[Author]):  # a base factory: skipped
         __is_base_factory__ = True
         __set_primary_key__ = False
@@ -299,6 +309,8 @@ PUT_BACK_CONFTEST = """
             f.AuthorFactory._meta.sqlalchemy_session is f.OWN_SESSION,
             f.AuthorFactory._meta.sqlalchemy_session_factory is None,
             f.BookFactory._meta.sqlalchemy_session is f.OWN_SESSION,
+            f.MadeAuthorFactory._meta.sqlalchemy_session is None,
+            f.MadeAuthorFactory._meta.sqlalchemy_session_factory is f.own_session_factory,
             vars(f.AuthorPoly)["__session__"] is f.OWN_SESSION,
             "__async_session__" not in vars(f.AuthorPoly),
             "__session__" not in vars(f.BookPoly),
@@ -326,11 +338,12 @@ def test_factories_are_put_back_after_each_test(pytester: pytest.Pytester, mode:
     pytester.makepyfile(
         test_put_back=textwrap.dedent(
             """
-            from app.factories import AuthorFactory, AuthorPoly, BookFactory
+            from app.factories import AuthorFactory, AuthorPoly, BookFactory, MadeAuthorFactory
 
 
             def test_sync(memdb_sync_session):
                 BookFactory()
+                assert MadeAuthorFactory()._sa_instance_state.session is memdb_sync_session
                 AuthorPoly.create_sync()
                 assert AuthorFactory._meta.sqlalchemy_session is memdb_sync_session
 
@@ -490,3 +503,27 @@ def test_without_the_library_a_module_imports_says_what_to_install(
         ["*importing module 'app.factories'*ModuleNotFoundError*Install the factory libraries*"]
     )
     assert "pip install 'pytest-memdb[factories]'" in result.stdout.str()
+
+
+def test_a_module_loaded_under_another_name_is_not_imported_twice(
+    pytester: pytest.Pytester,
+) -> None:
+    """``app/`` on ``sys.path`` too: the option's ``factories`` is the file the tests import
+    as ``app.factories``, so the option binds the classes the tests use, not a second copy."""
+    _project(pytester, memdb_factories="factories", pythonpath=". app")
+    pytester.makepyfile(
+        test_clash=textwrap.dedent(
+            """
+            import sys
+
+            from app.factories import AuthorFactory
+
+
+            def test_the_tests_classes_are_bound(memdb_sync_session):
+                assert AuthorFactory()._sa_instance_state.session is memdb_sync_session
+                assert "factories" not in sys.modules
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
