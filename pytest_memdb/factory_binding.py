@@ -103,7 +103,10 @@ class FactoryModules:
                 try:
                     module = import_module(name, self.origin, self._base_dir)
                 except MemdbError as exc:
-                    raise _with_install_hint(exc) from exc
+                    hinted = _with_install_hint(exc)
+                    if hinted is exc:
+                        raise
+                    raise hinted from exc.__cause__
                 classes = factories_in(module)
                 if not classes:
                     raise MemdbError(
