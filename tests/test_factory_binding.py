@@ -220,6 +220,17 @@ SUITE = """
             AuthorPoly.create_sync()
 
 
+    @pytest.fixture
+    async def two_books(memdb_session):
+        return await BookPoly.create_batch_async(2)
+
+
+    async def test_an_async_fixture_made_them(two_books, memdb_session, memdb):
+        if memdb.isolation != "session":
+            assert await acounts(memdb_session) == (2, 2)
+        assert all(book in memdb_session for book in two_books)
+
+
     def test_bound_while_the_test_runs(memdb_factories):
         assert AuthorFactory._meta.sqlalchemy_session is not OWN_SESSION
         assert set(memdb_factories.factories) >= {AuthorFactory, BookFactory, AuthorPoly}
@@ -241,7 +252,7 @@ def _project(pytester: pytest.Pytester, **ini: str) -> None:
     write_ini(pytester, **ini)
 
 
-SUITE_TESTS = 10
+SUITE_TESTS = 11
 
 
 @pytest.mark.parametrize("mode", MODES)
