@@ -261,8 +261,11 @@ def test_factories_write_where_the_test_reads(pytester: pytest.Pytester, mode: s
     and rollback, no test sees another's rows (each checks it starts from none)."""
     _project(pytester, memdb_factories="app.factories", memdb_isolation=mode)
     pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:randomly", "-W", "error::ResourceWarning"
+    )
     result.assert_outcomes(passed=SUITE_TESTS)
+    result.stdout.no_fnmatch_line("*Warning*")
 
 
 def test_session_mode_keeps_what_factories_committed(pytester: pytest.Pytester) -> None:
