@@ -50,9 +50,13 @@ INI_OPTIONS = (
     "memdb_alembic_revision",
     "memdb_strict",
     "memdb_cache",
+    "memdb_factories",
 )
 """Every ini option of the plugin: any other ``memdb_*`` key is a typo (:func:`check_ini_keys`)."""
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+FACTORY_LIBRARIES = ("factory", "polyfactory")
+"""The import names of factory_boy and polyfactory (``memdb_factories`` needs one)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,10 @@ class MemdbConfig:
     cache: bool = False
     """Keep built templates in pytest's cache folder (:mod:`pytest_memdb.cache`)."""
     rebuild: bool = False
+    factories: tuple[str, ...] = ()
+    """Modules whose factory_boy / polyfactory factories write through each test's session
+    (:mod:`pytest_memdb.factory_binding`)."""
+    factories_origin: str = ""
     restore: Restore = "auto"
     """How copy and rollback restore the working database: ``pages`` written (where the
     page-recording VFS is available, else a usage error), ``backup`` of the whole template,
@@ -203,6 +211,8 @@ class MemdbConfig:
         bind = parse_bind(config.getini("memdb_bind"), bind_origin)
         session_class = _optional_dotted(config, "memdb_session_class", ini_name)
         sync_session_class = _optional_dotted(config, "memdb_sync_session_class", ini_name)
+        factories_origin = f"memdb_factories in {ini_name}"
+        factories = parse_factories(config.getini("memdb_factories"), factories_origin)
         return cls(
             file,
             origin,
@@ -225,6 +235,8 @@ class MemdbConfig:
             ini_name=ini_name,
             cache=bool(config.getoption("memdb_cache")) or bool(config.getini("memdb_cache")),
             rebuild=bool(config.getoption("memdb_rebuild")),
+            factories=factories,
+            factories_origin=factories_origin,
             restore=parse_restore(
                 str(config.getini("memdb_restore") or "").strip() or "auto",
                 f"memdb_restore in {ini_name}",
@@ -381,6 +393,46 @@ def parse_bind(entries: object, origin: str) -> tuple[str, ...]:
             )
         paths.append(entry)
     return tuple(paths)
+
+
+def parse_factories(entries: object, origin: str) -> tuple[str, ...]:
+    """Module paths, one per line, checked for shape; and factory_boy or polyfactory must be
+    installed, or the run stops here rather than in every test.
+
+    Whether a library is there is asked with ``find_spec``, which imports nothing: the
+    modules themselves are imported at the first test that uses memdb.
+    """
+    if isinstance(entries, str):
+        entries = entries.splitlines()
+    if not isinstance(entries, Iterable):
+        raise MemdbError(f"pytest-memdb: {origin} got {entries!r}; expected module paths.")
+    modules = []
+    for raw in entries:
+        entry = raw.strip() if isinstance(raw, str) else raw
+        if entry == "" or (isinstance(entry, str) and entry.startswith("#")):
+            continue
+        if not isinstance(entry, str) or not _MODULE.match(entry):
+            raise MemdbError(
+                f"pytest-memdb: {origin} got {raw!r}; each entry is a module path such as "
+                "tests.factories (no colon, no .py), importable from the ini file's folder: "
+                "its factory_boy and polyfactory factories write through each test's session."
+            )
+        modules.append(entry)
+    if modules and not any(_installed(name) for name in FACTORY_LIBRARIES):
+        raise MemdbError(
+            f"pytest-memdb: {origin} names factory modules, but neither factory_boy nor "
+            "polyfactory can be imported. Install them: pip install 'pytest-memdb[factories]'"
+        )
+    return tuple(modules)
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: a module in sys.modules without a spec
+        return False
 
 
 def _optional_dotted(config: pytest.Config, name: str, ini_name: str) -> str | None:

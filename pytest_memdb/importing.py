@@ -27,24 +27,7 @@ from pytest_memdb.errors import MemdbError
 def import_object(dotted: str, origin: str, base_dir: Path) -> Any:
     """``package.module:Name`` imported as if from ``base_dir`` (the ini file's folder)."""
     module_name, _, attribute = dotted.partition(":")
-    folder = str(base_dir)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        module = _loaded_as_other(module_name, dotted, origin) or importlib.import_module(
-            module_name
-        )
-    except MemdbError:
-        raise
-    except Exception as exc:
-        raise MemdbError(
-            f"pytest-memdb: {origin} {dotted!r}: importing module {module_name!r} (from "
-            f"{folder}) failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        if added and folder in sys.path:
-            sys.path.remove(folder)
+    module = import_module(module_name, origin, base_dir, dotted=dotted)
     found: Any = module
     for part in attribute.split("."):
         try:
@@ -55,6 +38,33 @@ def import_object(dotted: str, origin: str, base_dir: Path) -> Any:
                 f"{attribute!r}."
             ) from None
     return found
+
+
+def import_module(
+    module_name: str, origin: str, base_dir: Path, *, dotted: str | None = None
+) -> ModuleType:
+    """Module ``module_name`` imported as if from ``base_dir``, with the loaded-twice check.
+
+    ``dotted`` is what the option said (``module:attr``), for the messages; the module's
+    name when the option names a module.
+    """
+    dotted = module_name if dotted is None else dotted
+    folder = str(base_dir)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        return _loaded_as_other(module_name, dotted, origin) or importlib.import_module(module_name)
+    except MemdbError:
+        raise
+    except Exception as exc:
+        raise MemdbError(
+            f"pytest-memdb: {origin} {dotted!r}: importing module {module_name!r} (from "
+            f"{folder}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
 
 
 def _loaded_as_other(module_name: str, dotted: str, origin: str) -> ModuleType | None:

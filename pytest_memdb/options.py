@@ -142,6 +142,15 @@ def add_options(parser: pytest.Parser) -> None:
         default="auto",
     )
     parser.addini(
+        "memdb_factories",
+        "Modules (package.module, importable from the ini file's folder), one per line: "
+        "their factory_boy SQLAlchemyModelFactory and polyfactory SQLAlchemyFactory "
+        "factories write through each test's session, and are put back after (needs "
+        "pytest-memdb[factories]).",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
         "memdb_strict",
         "Fail a test that opens, through SQLAlchemy, a SQLite database that is not one of its "
         "memdb databases (an engine a swap missed, the app's real file).",

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import Session
 
+    from pytest_memdb.factory_binding import FactoryBinding, FactoryModules
     from pytest_memdb.janitor import MemdbHandle
     from pytest_memdb.layers import Layer
     from pytest_memdb.queries import QueryCounter
@@ -35,6 +36,7 @@ registry_key = pytest.StashKey["MemdbRegistry"]()
 strict_key = pytest.StashKey["StrictGuard"]()
 open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
 """The databases a test holds, by fixture name, for ``--memdb-keep-failed``."""
+factory_modules_key = pytest.StashKey["FactoryModules"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -231,23 +233,31 @@ def _innermost_layer(request: pytest.FixtureRequest) -> Layer | None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With ``memdb_bind`` (or a marker's ``bind=``), every test gets ``memdb``, so the app's
-    objects never reach the app's own database, even in tests that do not ask for it.
+    objects never reach the app's own database, even in tests that do not ask for it; with
+    ``memdb_factories``, every test gets ``memdb_factories``, so the modules' factories write
+    through the test's session.
 
     Added to those tests' fixtures here, as the first of their function-scoped ones (where an
-    autouse fixture would set it up), rather than by an autouse fixture: that one cost every
-    test of the suite, memdb or not, about 30 us.
+    autouse fixture would set them up), rather than by autouse fixtures: one cost every test
+    of the suite, memdb or not, about 30 us.
     """
     settings = config.stash.get(settings_key, None)
     if settings is None:
         return
     for item in items:
         names = getattr(item, "fixturenames", None)
-        if not isinstance(names, list) or "memdb" in names:
+        if not isinstance(names, list):
             continue
+        wanted = []
         marker = item.get_closest_marker("memdb")
         if settings.bind or (marker is not None and marker.kwargs.get("bind")):
+            wanted.append("memdb")
+        if settings.factories:
+            wanted.append("memdb_factories")
+        missing = [name for name in wanted if name not in names]
+        if missing:
             at = _first_function_scoped(item, names)
-            item.fixturenames = [*names[:at], "memdb", *names[at:]]  # type: ignore[attr-defined]
+            item.fixturenames = [*names[:at], *missing, *names[at:]]  # type: ignore[attr-defined]
 
 
 def _first_function_scoped(item: pytest.Item, names: list[str]) -> int:
@@ -259,6 +269,43 @@ def _first_function_scoped(item: pytest.Item, names: list[str]) -> int:
         if found and found[-1].scope == "function":
             return index
     return len(names)
+
+
+@pytest.fixture
+def memdb_factories(request: pytest.FixtureRequest, memdb: MemdbHandle) -> Iterator[FactoryBinding]:
+    """factory_boy / polyfactory factories writing through this test's session: those of the
+    ``memdb_factories`` modules, and any passed to ``.bind(...)``; put back at teardown."""
+    from pytest_memdb.factory_binding import FactoryBinding, session_kind
+
+    binding = FactoryBinding(
+        session_kind(request.fixturenames),
+        sync_session=lambda: request.getfixturevalue("memdb_sync_session"),
+        async_session=lambda: request.getfixturevalue("memdb_session"),
+    )
+    try:
+        modules = _factory_modules(request.config)
+        if modules is not None:
+            try:
+                binding.bind(*modules.factories())
+            except MemdbError as exc:
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
+        yield binding
+    finally:
+        binding.restore()
+
+
+def _factory_modules(config: pytest.Config) -> FactoryModules | None:
+    """The ``memdb_factories`` modules of the run, imported at their first use."""
+    settings = config.stash[settings_key]
+    if not settings.factories:
+        return None
+    modules = config.stash.get(factory_modules_key, None)
+    if modules is None:
+        from pytest_memdb.factory_binding import FactoryModules
+
+        modules = FactoryModules(settings.factories, settings.factories_origin, settings.base_dir)
+        config.stash[factory_modules_key] = modules
+    return modules
 
 
 @pytest.fixture
