@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider")
-PYTEST_EXTRA = ("-p", "no:hypothesispytest")  # its start-up is not what is measured
+PYTEST_EXTRA = ("-p", "no:hypothesispytest", "-p", "no:randomly")  # not what is measured
 TEMPLATE_ROWS = 400
 
 MODELS_PY = """\

@@ -13,6 +13,7 @@ from pytest_memdb.errors import FixtureFileError, IsolationError, MemdbError
 if TYPE_CHECKING:
     from pytest_memdb.factories import memdb_factory
     from pytest_memdb.janitor import MemdbHandle
+    from pytest_memdb.layers import MemdbLayer
     from pytest_memdb.queries import CapturedQueries, QueryCounter
     from pytest_memdb.runtime import InMemoryDatabase
 
@@ -23,6 +24,7 @@ __all__ = [
     "IsolationError",
     "MemdbError",
     "MemdbHandle",
+    "MemdbLayer",
     "QueryCounter",
     "memdb_factory",
 ]
@@ -31,6 +33,7 @@ __version__ = "0.3.0"
 _LAZY = {
     "InMemoryDatabase": "pytest_memdb.runtime",
     "MemdbHandle": "pytest_memdb.janitor",
+    "MemdbLayer": "pytest_memdb.layers",
     "memdb_factory": "pytest_memdb.factories",
     "QueryCounter": "pytest_memdb.queries",
     "CapturedQueries": "pytest_memdb.queries",

@@ -139,16 +139,22 @@ def explain_lock_errors(engine: Engine) -> None:
 
 
 def listeners(engine: Engine) -> tuple[object, ...]:
-    """Every listener on ``engine``, its pool and its dialect, as one comparable value.
+    """The listeners added to ``engine``, its pool and its dialect, as one comparable value.
 
     SQLAlchemy has no public way to list them; each ``dispatch`` names its events in
-    ``_event_names`` (unchanged since SQLAlchemy 1.4). About 12 us per engine.
+    ``_event_names`` (unchanged since SQLAlchemy 1.4), and each event's own listeners are
+    in its collection's ``listeners`` (empty for an event nobody listens to on this
+    object). Listeners on a class (``event.listen(Engine, ...)``) reach every engine, new
+    ones too, so they are not counted. About 2.6 us per engine (7 us with the class-level
+    ones).
     """
     found: list[object] = []
     for target in (engine, engine.pool, engine.dialect):
         dispatch: Any = target.dispatch
         for name in getattr(dispatch, "_event_names", ()):
-            found.append(tuple(getattr(dispatch, name)))
+            own = getattr(getattr(dispatch, name), "listeners", ())
+            if own:
+                found.append((name, tuple(own)))
     return tuple(found)
 
 

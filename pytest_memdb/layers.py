@@ -5,10 +5,10 @@ SQLAlchemy: a scoped fixture writes rows once (through the layer's sessions, eng
 URL, so through the app too), and every test of that scope starts from the template *plus
 those rows*, isolated as usual in every mode.
 
-A :class:`Layer` is a shared in-memory database, a copy of what it is laid on (the
+A :class:`MemdbLayer` is a shared in-memory database, a copy of what it is laid on (the
 template, or the enclosing layer: session, then module, then class), made on first use:
 a layer nobody wrote to costs nothing and is its parent. When a test of its scope asks
-for ``memdb``, :meth:`Layer.template` freezes what the layer holds into a private
+for ``memdb``, :meth:`MemdbLayer.template` freezes what the layer holds into a private
 :class:`~pytest_memdb.registry.Template` (one backup), with working databases of its own;
 the tests then run on those exactly as on any template. Frozen again only if a scoped
 fixture set up later (a module fixture first asked for by the module's third test) wrote
@@ -65,7 +65,7 @@ class Deferred:
         return self._found
 
 
-class Layer:
+class MemdbLayer:
     """One scope's data on top of ``parent`` (see the module doc)."""
 
     def __init__(self, parent: Base, scope: str, label: str) -> None:

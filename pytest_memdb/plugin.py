@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from pytest_memdb.factory_binding import FactoryBinding, FactoryModules
     from pytest_memdb.janitor import MemdbHandle
-    from pytest_memdb.layers import Layer
+    from pytest_memdb.layers import MemdbLayer
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
     from pytest_memdb.strict import StrictGuard
@@ -162,7 +162,7 @@ def open_database(
     request: pytest.FixtureRequest,
     fixture: str,
     target: Callable[[], Target],
-    layer: Layer | None = None,
+    layer: MemdbLayer | None = None,
 ) -> Iterator[MemdbHandle]:
     """Set up one database fixture: configuration errors become a clean test error.
 
@@ -204,7 +204,9 @@ def open_database(
             raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
-def open_layer(request: pytest.FixtureRequest, scope: str, parent: Layer | None) -> Iterator[Layer]:
+def open_layer(
+    request: pytest.FixtureRequest, scope: str, parent: MemdbLayer | None
+) -> Iterator[MemdbLayer]:
     """Set up one scope's layer (``memdb_suite``, ``memdb_module``, ``memdb_class``)."""
     settings = request.config.stash[settings_key]
     node = request.node
@@ -220,12 +222,12 @@ def open_layer(request: pytest.FixtureRequest, scope: str, parent: Layer | None)
         layer.close()
 
 
-def _innermost_layer(request: pytest.FixtureRequest) -> Layer | None:
+def _innermost_layer(request: pytest.FixtureRequest) -> MemdbLayer | None:
     """The layer of the narrowest scope this test asked for (through its fixtures), if any."""
     names = request.fixturenames
     for name in ("memdb_class", "memdb_module", "memdb_suite"):
         if name in names:
-            found: Layer = request.getfixturevalue(name)
+            found: MemdbLayer = request.getfixturevalue(name)
             return found
     return None
 
@@ -318,14 +320,14 @@ def memdb(request: pytest.FixtureRequest) -> Iterator[MemdbHandle]:
 
 
 @pytest.fixture(scope="session")
-def memdb_suite(request: pytest.FixtureRequest) -> Iterator[Layer]:
+def memdb_suite(request: pytest.FixtureRequest) -> Iterator[MemdbLayer]:
     """Data for every test of the run (per xdist worker): write it from a session-scoped
     fixture (``memdb_session`` is the test's ``AsyncSession``, hence the name)."""
     yield from open_layer(request, "session", None)
 
 
 @pytest.fixture(scope="module")
-def memdb_module(request: pytest.FixtureRequest, memdb_suite: Layer) -> Iterator[Layer]:
+def memdb_module(request: pytest.FixtureRequest, memdb_suite: MemdbLayer) -> Iterator[MemdbLayer]:
     """Data for the tests of one module, on top of ``memdb_suite``'s: write it from a
     module-scoped fixture; each test of the module that asks for that fixture starts from
     the template plus it."""
@@ -333,7 +335,7 @@ def memdb_module(request: pytest.FixtureRequest, memdb_suite: Layer) -> Iterator
 
 
 @pytest.fixture(scope="class")
-def memdb_class(request: pytest.FixtureRequest, memdb_module: Layer) -> Iterator[Layer]:
+def memdb_class(request: pytest.FixtureRequest, memdb_module: MemdbLayer) -> Iterator[MemdbLayer]:
     """Data for the tests of one class (Django's ``setUpTestData``), on top of the module's."""
     yield from open_layer(request, "class", memdb_module)
 

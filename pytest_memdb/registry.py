@@ -17,7 +17,7 @@ from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.importing import import_metadata
 from pytest_memdb.isolation import ESCAPED, STRATEGIES, EngineSource, Save, Strategy
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.layers import LAYER_SCOPES, Deferred, Layer
+from pytest_memdb.layers import LAYER_SCOPES, Deferred, MemdbLayer
 from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
 from pytest_memdb.pragmas import Pragmas
@@ -248,7 +248,7 @@ class MemdbRegistry:
         self._failures: dict[tuple[tuple[object, ...], str], MemdbError] = {}
         self._binders: dict[tuple[tuple[str, ...], str], Binder] = {}
 
-    def open(self, target: Target, layer: Layer | None = None) -> MemdbHandle:
+    def open(self, target: Target, layer: MemdbLayer | None = None) -> MemdbHandle:
         """This test's database, isolated as ``target.isolation`` says: a copy of the
         template, or of the innermost ``layer`` of the test's scopes."""
         template = self.template(target)
@@ -265,8 +265,8 @@ class MemdbRegistry:
         return template.open(target.isolation)
 
     def layer(
-        self, target: Callable[[], Target], scope: str, label: str, parent: Layer | None
-    ) -> Layer:
+        self, target: Callable[[], Target], scope: str, label: str, parent: MemdbLayer | None
+    ) -> MemdbLayer:
         """A new layer for one scope, on ``parent`` when that is laid on the same template.
 
         The outermost (session) layer finds its template on first use: a run whose sources
@@ -274,12 +274,12 @@ class MemdbRegistry:
         """
         base = Deferred(lambda: self.template(target()))
         if parent is None:
-            return Layer(base, scope, label)
+            return MemdbLayer(base, scope, label)
         try:
             same = parent.root() is base.root()
         except MemdbError:  # the wider layer has no template of its own: not this one's
             same = False
-        return Layer(parent if same else base, scope, label)
+        return MemdbLayer(parent if same else base, scope, label)
 
     def template(self, target: Target) -> Template:
         """The template ``target`` describes; one that failed to build fails fast after."""

@@ -112,7 +112,7 @@ class WorkingDatabase:
     def needs_settling(self, source: object) -> bool:
         """Whether the connections of ``source`` (the engines a test was handed) carry
         anything a test left; checked without an event loop, and only for the engines a
-        test could reach (about 12 us an engine)."""
+        test could reach (about 3 us an engine)."""
         if source is self.engines:
             return self.engines.stateful or self.engines.listeners_changed()
         return source is self._shared and self._shared is not None and self._shared.needs_renewal()

@@ -14,7 +14,7 @@ from typing import TypeVar
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
 """``benchmarks/``: the report goes below it, whichever way the package was started."""
 OUT_DIR = BENCHMARKS_DIR / "out"
-PYTEST_FLAGS = ("-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+PYTEST_FLAGS = ("-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:randomly")
 """Every pytest run the benchmark starts: no cache (a run must not speed up the next one),
 no Hypothesis plugin (its start-up is not what is measured)."""
 

@@ -48,7 +48,7 @@ STARTUP_METHODS = (
     "memdb load_file, a later run (quick_check remembered)",
 )
 COPY_METHODS = (
-    "restore in place after a write (copy mode)",
+    "page restore after a write (copy mode, the default memdb_restore = auto)",
     "  the same, 1,000 books updated",
     "  backup restore after a write (memdb_restore = backup)",
     "MemoryDatabase.copy + close (a fresh copy)",

@@ -246,15 +246,15 @@ class Report:
             "",
             "Copy mode restores its one copy in place after a test that wrote (timed here "
             "after a one-row UPDATE by another connection, then after 1,000 rows): by "
-            "copying back the pages the test wrote (`memdb_restore = auto`, new in 0.4), "
-            "and by the backup of the whole template (`memdb_restore = backup`, the default); "
+            "copying back the pages the test wrote (`memdb_restore = auto`, the default), "
+            "and by the backup of the whole template (`memdb_restore = backup`); "
             "a fresh `MemoryDatabase.copy` (copy and free) was the 0.1 mechanism. "
             "Then what the temp-file way does per test, and one plain memory copy of the "
             "file's bytes.",
             "",
         ]
         self.micro_table(
-            self.micro.copy, COPY_METHODS, COPY_METHODS[2:], label="restore in place", digits=3
+            self.micro.copy, COPY_METHODS, COPY_METHODS[2:], label="page restore", digits=3
         )
 
     def micro_table(
