@@ -147,16 +147,17 @@ class Template:
             working.engines.close_leftovers()
             escape = strategy.end(working)
             working.settle_if_needed(engines)
-            if not working.make_equal(after_test=True, force=not strategy.restores):
-                raise MemdbError(
-                    f"pytest-memdb: memdb.reset() could not restore {working.database.name}: "
-                    "a connection the test opened itself (an engine built from memdb_url, a "
-                    "raw sqlite3 connection) holds a read or a write open on it. Commit or "
-                    "close it before the reset."
-                )
+            restored = working.make_equal(after_test=True, force=not strategy.restores)
         finally:
             self.check_unchanged()
-        restarted = strategy.begin(working)
+        restarted = strategy.begin(working)  # begun again in any case: teardown ends it
+        if not restored:
+            raise MemdbError(
+                f"pytest-memdb: memdb.reset() could not restore {working.database.name}: "
+                "a connection the test opened itself (an engine built from memdb_url, a "
+                "raw sqlite3 connection) holds a read or a write open on it. Commit or "
+                "close it before the reset."
+            )
         if escape is not None:
             raise IsolationError(ESCAPED.format(how=escape))
         return restarted

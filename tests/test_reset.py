@@ -139,7 +139,15 @@ HOSTILE = """
         assert count == 3
 
 
-    def test_2_a_raw_connection_holding_a_write_is_named(memdb):
+    @pytest.mark.parametrize(
+        "mode",
+        [
+            pytest.param(mode, marks=pytest.mark.memdb(isolation=mode))
+            for mode in ("copy", "rollback")
+        ],
+    )
+    def test_2_a_raw_connection_holding_a_write_is_named(memdb, mode):
+        assert memdb.isolation == mode
         raw = sqlite3.connect(memdb.database.sqlite_uri, uri=True)
         raw.execute("INSERT INTO user (name) VALUES ('held')")
         try:
@@ -163,4 +171,4 @@ def test_a_reset_reports_escapes_and_names_leaked_locks(pytester: pytest.Pyteste
     write_ini(pytester, memdb_file="data/app.sqlite")
     pytester.makepyfile(test_hostile=HOSTILE)
     result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
