@@ -53,6 +53,12 @@ INI_OPTIONS = (
     "memdb_factories",
 )
 """Every ini option of the plugin: any other ``memdb_*`` key is a typo (:func:`check_ini_keys`)."""
+LAYER_FIXTURES: dict[str, str] = {
+    "session": "memdb_suite",
+    "module": "memdb_module",
+    "class": "memdb_class",
+}
+"""The layer fixture of each pytest scope, outermost first (:mod:`pytest_memdb.layers`)."""
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 FACTORY_LIBRARIES = ("factory", "polyfactory")

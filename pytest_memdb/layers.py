@@ -29,6 +29,7 @@ from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pytest_memdb._loop import run_sync
+from pytest_memdb.config import LAYER_FIXTURES
 from pytest_memdb.engines import EnginePair
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.janitor import MemdbHandle
@@ -36,9 +37,6 @@ from pytest_memdb.memory import MemoryDatabase, unique_name
 
 if TYPE_CHECKING:
     from pytest_memdb.registry import Template
-
-LAYER_SCOPES = {"session": "memdb_suite", "module": "memdb_module", "class": "memdb_class"}
-"""The layer fixture of each pytest scope, outermost first."""
 
 
 class Base(Protocol):
@@ -191,7 +189,7 @@ class MemdbLayer:
         if self._database is not None and before is not None and self.written() != before:
             raise MemdbError(
                 f"pytest-memdb: {test} wrote to the {self.scope} layer "
-                f"({LAYER_SCOPES[self.scope]}) itself. A layer is written by {self.scope}-"
+                f"({LAYER_FIXTURES[self.scope]}) itself. A layer is written by {self.scope}-"
                 "scoped fixtures, before the tests of its scope run; each test gets a copy "
                 "(memdb, memdb_session, ...) and writes there."
             )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_memdb import hooks
-from pytest_memdb.config import MARKER_ARGS, MemdbConfig, Target
+from pytest_memdb.config import LAYER_FIXTURES, MARKER_ARGS, MemdbConfig, Target
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.options import add_options
 
@@ -225,7 +225,7 @@ def open_layer(
 def _innermost_layer(request: pytest.FixtureRequest) -> MemdbLayer | None:
     """The layer of the narrowest scope this test asked for (through its fixtures), if any."""
     names = request.fixturenames
-    for name in ("memdb_class", "memdb_module", "memdb_suite"):
+    for name in reversed(LAYER_FIXTURES.values()):
         if name in names:
             found: MemdbLayer = request.getfixturevalue(name)
             return found

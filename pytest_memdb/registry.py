@@ -12,12 +12,12 @@ from pathlib import Path
 from pytest_memdb._loop import run_sync
 from pytest_memdb.binding import Binder
 from pytest_memdb.cache import TemplateCache
-from pytest_memdb.config import Isolation, MemdbConfig, Restore, Target
+from pytest_memdb.config import LAYER_FIXTURES, Isolation, MemdbConfig, Restore, Target
 from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.importing import import_metadata
 from pytest_memdb.isolation import ESCAPED, STRATEGIES, EngineSource, Save, Strategy
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.layers import LAYER_SCOPES, Deferred, MemdbLayer
+from pytest_memdb.layers import Deferred, MemdbLayer
 from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
 from pytest_memdb.pragmas import Pragmas
@@ -119,20 +119,11 @@ class Template:
 
     def _end(self, strategy: Strategy, working: WorkingDatabase, engines: EngineSource) -> None:
         """The one way out of every test: the strategy's step, then put everything back."""
-        escape = None
-        try:
-            working.engines.close_leftovers()
-            escape = strategy.end(working)
-            working.settle_if_needed(engines)
-            if (
-                strategy.restores
-                and working is self._working
-                and not working.make_equal(after_test=True)
-            ):
-                # A connection the test leaked holds a lock: the next test gets a new one.
-                self._abandon(working)
-        finally:
-            self.check_unchanged()
+        escape, equal = self._wind_down(
+            strategy, working, engines, restore=strategy.restores and working is self._working
+        )
+        if not equal:  # a connection the test leaked holds a lock: the next test gets a new one
+            self._abandon(working)
         if escape is not None:
             raise IsolationError(ESCAPED.format(how=escape))
 
@@ -142,14 +133,7 @@ class Template:
         """``memdb.reset()``: the way out of a test, then the way in again, on the same
         working database made equal to the template (in ``session`` mode too: a reset asks
         for it). One Hypothesis example after another, each from the template."""
-        escape = None
-        try:
-            working.engines.close_leftovers()
-            escape = strategy.end(working)
-            working.settle_if_needed(engines)
-            restored = working.make_equal(after_test=True, force=not strategy.restores)
-        finally:
-            self.check_unchanged()
+        escape, restored = self._wind_down(strategy, working, engines, restore=True)
         restarted = strategy.begin(working)  # begun again in any case: teardown ends it
         if not restored:
             raise MemdbError(
@@ -161,6 +145,23 @@ class Template:
         if escape is not None:
             raise IsolationError(ESCAPED.format(how=escape))
         return restarted
+
+    def _wind_down(
+        self, strategy: Strategy, working: WorkingDatabase, engines: EngineSource, *, restore: bool
+    ) -> tuple[str | None, bool]:
+        """What a test's end and a reset share: close what the test left checked out, the
+        strategy's step, the connections put in order, then (``restore``) the database made
+        equal to the template again (a ``session`` database too); the template checked in
+        any case. Returns how the test escaped its isolation, if it did, and whether the
+        database is equal to the template (True when no restore was asked for)."""
+        try:
+            working.engines.close_leftovers()
+            escape = strategy.end(working)
+            working.settle_if_needed(engines)
+            equal = not restore or working.make_equal(after_test=True, force=not strategy.restores)
+        finally:
+            self.check_unchanged()
+        return escape, equal
 
     def _new_working(self, role: str) -> WorkingDatabase:
         name = unique_name(self.worker, self.label, role)
@@ -257,7 +258,7 @@ class MemdbRegistry:
             if layer.root() is not template:
                 raise MemdbError(
                     f"pytest-memdb: this test's memdb is built from {target.describe()}, but "
-                    f"its {layer.scope} layer ({LAYER_SCOPES[layer.scope]}) from another "
+                    f"its {layer.scope} layer ({LAYER_FIXTURES[layer.scope]}) from another "
                     "template (a memdb marker on the test that its module or class does not "
                     "have). Put the marker where the layer fixture's scope is (pytestmark, "
                     "the class), or leave the layer fixture out of this test."
