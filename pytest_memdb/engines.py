@@ -303,10 +303,11 @@ class EnginePair:
             for engine in self._engines()
         )
 
-    async def settle(self) -> None:
-        """After a test: new engines if it changed their listeners, empty pools if it left
-        per-connection state; otherwise nothing (the pools and caches serve the next test)."""
-        if self.listeners_changed():
+    async def settle(self, *, replace: bool = True) -> None:
+        """After a test: new engines if it changed their listeners (with ``replace``), empty
+        pools if it left per-connection state; otherwise nothing (the pools and caches serve
+        the next test)."""
+        if replace and self.listeners_changed():
             await self.aclose()
             self._async = self._sync = None
             self._baseline.clear()
@@ -315,12 +316,14 @@ class EnginePair:
 
     async def aclose(self) -> None:
         """Close every pooled connection, so the database can be freed (engines stay usable)."""
-        self.stateful = False
         self._out.clear()
-        if self._async is not None:
-            await self._async.dispose()
-        if self._sync is not None:
-            self._sync.dispose()
+        try:
+            if self._async is not None:
+                await self._async.dispose()
+            if self._sync is not None:
+                self._sync.dispose()
+        finally:
+            self.stateful = False  # after the dispose: closing a connection tells it too
 
 
 def _invalidate(entries: list[ConnectionPoolEntry]) -> None:

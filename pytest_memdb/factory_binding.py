@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -130,6 +130,52 @@ def _with_install_hint(exc: MemdbError) -> MemdbError:
     return exc
 
 
+class LayerWriter(Protocol):
+    """What a layer offers to write through (:class:`pytest_memdb.layers.MemdbLayer`)."""
+
+    def session(self) -> AsyncSession: ...
+
+    def sync_session(self) -> Session: ...
+
+
+class LayerSessions:
+    """The sessions factories use inside one layer fixture's set-up, made on first use."""
+
+    def __init__(self, layer: LayerWriter) -> None:
+        self._layer = layer
+        self._sync: Session | None = None
+        self._async: AsyncSession | None = None
+
+    def sync(self) -> Session:
+        if self._sync is None:
+            self._sync = self._layer.sync_session()
+        return self._sync
+
+    def async_(self) -> AsyncSession:
+        if self._async is None:
+            self._async = self._layer.session()
+        return self._async
+
+    def commit(self) -> None:
+        """Commit what the factories added (their rows belong to the layer fixture)."""
+        from pytest_memdb._loop import run_sync
+
+        if self._sync is not None:
+            self._sync.commit()
+        if self._async is not None:
+            run_sync(self._async.commit())
+
+    def close(self) -> None:
+        from pytest_memdb._loop import run_sync
+
+        sync, self._sync = self._sync, None
+        made, self._async = self._async, None
+        if sync is not None:
+            sync.close()
+        if made is not None:
+            run_sync(made.close())
+
+
 class FactoryBinding:
     """One test's bound factories: what the ``memdb_factories`` fixture gives.
 
@@ -150,6 +196,15 @@ class FactoryBinding:
         self._async_session = async_session
         self._undo: list[Callable[[], None]] = []
         self._bound: dict[int, type[Any]] = {}
+
+    @classmethod
+    def for_layer(cls, layer: LayerWriter) -> tuple[FactoryBinding, LayerSessions]:
+        """A binding for a fixture that writes a layer (``memdb_module``...): factory_boy and
+        ``create_sync`` write through one sync session of the layer, ``create_async``
+        through one async session; the caller commits both when the fixture is set up."""
+        sessions = LayerSessions(layer)
+        made = cls("sync", sync_session=sessions.sync, async_session=sessions.async_)
+        return made, sessions
 
     @property
     def session(self) -> Session | AsyncSession:

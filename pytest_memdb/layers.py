@@ -2,18 +2,32 @@
 
 Imports SQLAlchemy: load lazily. Django's ``setUpTestData`` for pytest and async
 SQLAlchemy: a scoped fixture writes rows once (through the layer's sessions, engines or
-URL, so through the app too), and every test of that scope starts from the template *plus
-those rows*, isolated as usual in every mode.
+URL, so through the app too), and every test of that scope that asks for the fixture
+starts from the template *plus those rows*, isolated as usual in every mode.
 
 A :class:`MemdbLayer` is a shared in-memory database, a copy of what it is laid on (the
-template, or the enclosing layer: session, then module, then class), made on first use:
-a layer nobody wrote to costs nothing and is its parent. When a test of its scope asks
-for ``memdb``, :meth:`MemdbLayer.template` freezes what the layer holds into a private
-:class:`~pytest_memdb.registry.Template` (one backup), with working databases of its own;
-the tests then run on those exactly as on any template. Frozen again only if a scoped
-fixture set up later (a module fixture first asked for by the module's third test) wrote
-more. A test that writes to a layer itself is an error at its teardown: that write would
-reach the tests after it.
+template, or the wider layer the test asked for), made when a fixture first uses it: a
+layer nobody wrote to costs nothing and is what it is laid on. After each fixture of the
+layer's own scope that wrote to it is set up, the layer is *checkpointed*: frozen into a
+private :class:`~pytest_memdb.template_database.Template` (one backup), from which the
+tests' working databases are made exactly as from any template, and back to which the
+layer itself is put when anything else wrote to it.
+
+The rule, verified rather than assumed (:class:`Layers`):
+
+* A layer is written only by fixtures of its own scope, while they are set up. Anything
+  else that changes it (a test, a function-scoped fixture, a fixture of another scope, a
+  teardown, a thread between tests) is found at the next boundary (each fixture's set-up,
+  the start and end of each test phase: one ``PRAGMA data_version`` per layer, about
+  1 us), reported on the test or fixture that did it, and undone: the layer is put back to
+  its last checkpoint. A layer fixture that raises after writing is undone too (a rerun
+  sees its rows once).
+* A test's database holds exactly the layer fixtures it asked for, whatever ran before
+  it: a layer is laid on the wider layer only when the test that first uses it asked for
+  that layer (through its fixtures), and each test that takes ``memdb`` checks that the
+  fixtures whose rows its layers hold are the ones it asked for. Rows of a fixture it did
+  not ask for (set up by an earlier test), or missing rows of one it did, are an error
+  naming those fixtures, never silent data.
 
 A layer lives as long as its fixture: pytest tears a module's fixtures down when it moves
 to another module's test (pytest-randomly, xdist's ``--dist load``), and sets them up
@@ -22,8 +36,9 @@ again if it comes back, so a layer is rebuilt then and is never stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+import contextlib
+from collections.abc import Callable, Collection, Iterator
+from typing import Protocol
 
 from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -34,17 +49,22 @@ from pytest_memdb.engines import EnginePair
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.memory import MemoryDatabase, unique_name
+from pytest_memdb.template_database import Template
 
-if TYPE_CHECKING:
-    from pytest_memdb.registry import Template
+_RESTORE_WAIT_S = 1.0
+"""How long putting a layer back waits for a lock another connection holds on it."""
 
 
 class Base(Protocol):
     """What a layer is laid on: a template, or another layer."""
 
-    def template(self) -> Template: ...
+    def template_for(self, asked: Collection[str], known: Collection[str], test: str) -> Template:
+        """What a test that asked for the fixtures ``asked`` starts from (``known``: every
+        fixture whose rows a live layer holds)."""
 
     def root(self) -> Template: ...
+
+    def writers(self) -> frozenset[str]: ...
 
 
 class Deferred:
@@ -54,7 +74,7 @@ class Deferred:
         self._find = find
         self._found: Template | None = None
 
-    def template(self) -> Template:
+    def template_for(self, asked: Collection[str], known: Collection[str], test: str) -> Template:
         return self.root()
 
     def root(self) -> Template:
@@ -62,21 +82,45 @@ class Deferred:
             self._found = self._find()
         return self._found
 
+    def writers(self) -> frozenset[str]:
+        return frozenset()
+
 
 class MemdbLayer:
     """One scope's data on top of ``parent`` (see the module doc)."""
 
-    def __init__(self, parent: Base, scope: str, label: str) -> None:
+    def __init__(
+        self,
+        parent: Base,
+        scope: str,
+        label: str,
+        asked: Callable[[], tuple[Collection[str], Collection[str], str]] = lambda: ((), (), ""),
+    ) -> None:
+        """``asked``: the fixtures the test being set up asked for, every fixture a live
+        layer holds rows of, and the test's id (the layer is laid on what *it* asked for)."""
         self.parent = parent
         self.scope = scope
         self.label = label
+        self._asked = asked
         self._database: MemoryDatabase | None = None
         self._engines: EnginePair | None = None
         self._handle: MemdbHandle | None = None
         self._laid_on: Template | None = None
-        self._frozen: Template | None = None
-        self._frozen_at: int | None = None
+        self._base_writers: frozenset[str] = frozenset()
+        self._own: list[str] = []
+        """The fixtures of this scope whose rows the layer holds, in the order they wrote."""
+        self._checkpoints: list[tuple[frozenset[str], Template]] = []
+        """The layer frozen after each of its fixtures wrote: (whose rows, the template). A
+        test starts from the one that holds exactly the fixtures it asked for."""
+        self._expected: int | None = None
+        self.broken: str | None = None
+        """Why the layer cannot be used any more (it could not be put back), if so."""
         self._closed = False
+
+    @property
+    def fixture(self) -> str:
+        """The layer's fixture name (``memdb_module``...)."""
+        return LAYER_FIXTURES[self.scope]
 
     # -- what a layer fixture uses to write ---------------------------------------------
     @property
@@ -85,10 +129,14 @@ class MemdbLayer:
         if self._handle is None:
             if self._closed:
                 raise MemdbError(f"pytest-memdb: the {self.scope} layer was already torn down.")
-            base = self.parent.template()
+            self._raise_if_broken()
+            base = self.parent.template_for(*self._asked())
             name = unique_name(base.worker, self.label, f"{self.scope}-layer")
             database = base.database.copy(name)
+            database.prepare_for_restores()  # put back by backups, never waiting
             self._database, self._laid_on = database, base
+            self._base_writers = self.parent.writers()
+            self._expected = database.data_version()
             self._engines = EnginePair(database, echo=base.echo, pragmas=base.pragmas)
             self._handle = MemdbHandle(
                 database=database,
@@ -144,68 +192,220 @@ class MemdbLayer:
         """The template under every layer of this stack (what ``memdb`` is built from)."""
         return self.parent.root()
 
-    def template(self) -> Template:
-        """What the tests of this scope start from: the layer, frozen as it is now."""
-        if self._database is None or self._laid_on is None:
-            return self.parent.template()
-        if self.parent.template() is not self._laid_on:
-            raise MemdbError(
-                f"pytest-memdb: the layer under this {self.scope} layer got more data after "
-                f"the {self.scope} layer was built on it (a wider-scoped fixture was set up "
-                "late, by a later test). Ask for that fixture from the narrower layer's "
-                "fixture, or make it autouse, so it is set up first."
-            )
-        version = self._database.data_version()
-        if self._frozen is None or version is None or version != self._frozen_at:
-            self._freeze(self._laid_on, version)
-        assert self._frozen is not None
-        return self._frozen
+    def writers(self) -> frozenset[str]:
+        """The fixtures whose rows a test of this layer starts with (this layer's and those
+        of the layers under it, as they were when it was laid)."""
+        if self._laid_on is None:
+            return self.parent.writers()
+        return self._base_writers.union(self._own)
 
-    def _freeze(self, base: Template, version: int | None) -> None:
+    def template_for(self, asked: Collection[str], known: Collection[str], test: str) -> Template:
+        """What a test that asked for the fixtures ``asked`` starts from: the checkpoint
+        that holds the rows of exactly the layer fixtures it asked for (``known``: every
+        fixture a live layer holds rows of). A fixture set up for an earlier test is in the
+        layer, but not in the database of a test that did not ask for it, as long as the
+        fixtures were set up in an order that allows it (each checkpoint holds the rows of
+        the fixtures set up before it); else this is an error naming them."""
+        self._raise_if_broken()
+        if self._laid_on is None:
+            return self.parent.template_for(asked, known, test)
+        wanted = frozenset(name for name in self._own if name in asked)
+        found = self._laid_on
+        extra: list[str] = []
+        for writers, frozen in self._checkpoints:
+            if writers == wanted:
+                found = frozen
+                break
+        else:
+            if wanted:  # no checkpoint is exactly them: the first that holds them all
+                holding = next(w for w, _ in self._checkpoints if wanted <= w)
+                extra = sorted(holding - wanted)
+        extra += sorted(self._base_writers.difference(asked))
+        held = self._base_writers.union(self._own)
+        missing = sorted(name for name in known if name in asked and name not in held)
+        self._refuse(test, extra, missing)
+        return found
+
+    def _refuse(self, test: str, extra: list[str], missing: list[str]) -> None:
+        if extra:
+            raise MemdbError(
+                f"pytest-memdb: {test} asks for the {self.scope} layer ({self.fixture}), but "
+                f"every copy of it that holds the fixtures this test asks for also holds the "
+                f"rows of {_names(extra)}, which it does not ask for (they were set up earlier, "
+                "for another test): run alone, this test would not see them. A test starts "
+                "from exactly the layer fixtures it asks for. Ask for them too "
+                "(@pytest.mark.usefixtures), make them autouse in that scope, or have the "
+                "fixtures that need no other be set up first."
+            )
+        if missing:
+            raise MemdbError(
+                f"pytest-memdb: {test} asks for {_names(missing)}, but its {self.scope} layer "
+                f"({self.fixture}) was laid before their rows were written, or on another "
+                "layer (by the first test that used it, which did not ask for them), so they "
+                f"are not in this test's database. Ask for them from the {self.scope}-scoped "
+                "fixtures that write the layer (or make them autouse), so they are set up "
+                "first."
+            )
+
+    # -- the boundaries (see Layers) ----------------------------------------------------
+    @property
+    def laid(self) -> bool:
+        return self._database is not None
+
+    def changed(self) -> bool:
+        """Whether anything committed to the layer since its last checkpoint (or holds a
+        write open on it: that counts as a change)."""
+        if self._database is None:
+            return False
+        version = self._database.data_version()
+        return version is None or version != self._expected
+
+    def checkpoint(self, writer: str) -> None:
+        """``writer`` (a fixture of this scope) wrote to the layer: freeze what it holds.
+
+        Each checkpoint is a private copy (one backup, and memory for one more copy of the
+        layer per fixture that wrote to it, until the scope ends)."""
         assert self._database is not None
-        name = unique_name(base.worker, self.label, f"{self.scope}-frozen")
+        assert self._laid_on is not None
+        name = unique_name(self._laid_on.worker, self.label, f"{self.scope}-frozen")
         private = MemoryDatabase(name, shared=False)
         try:
-            if not private.fill_from(self._database, give_up_after=1.0):
+            pending = self._database.data_version() is None  # a write held open: no reading
+            if pending or not private.fill_from(self._database, give_up_after=_RESTORE_WAIT_S):
                 raise MemdbError(
-                    f"pytest-memdb: the {self.scope} layer {self._database.name} holds an "
-                    "uncommitted write (a session of a layer fixture that was never committed "
-                    "or closed): commit it in the fixture, before its tests run."
+                    f"pytest-memdb: the fixture {writer} left an uncommitted write on the "
+                    f"{self.scope} layer ({self.fixture}; a session never committed or "
+                    "closed): commit it in the fixture. The tests that ask for it cannot "
+                    "start from it."
                 )
         except BaseException:
             private.close()
             raise
-        if self._frozen is not None:
-            run_sync(self._frozen.aclose())
-        self._frozen = base.derived(private, f"{self.label}-{self.scope}")
-        self._frozen_at = version
+        if writer not in self._own:
+            self._own.append(writer)
+        frozen = self._laid_on.derived(private, f"{self.label}-{self.scope}")
+        self._checkpoints.append((frozenset(self._own), frozen))
+        self._expected = self._database.data_version()
 
-    def written(self) -> int | None:
-        """A value that moves when anything commits to the layer (None: nothing made yet)."""
-        return self._database.data_version() if self._database is not None else None
-
-    def check_unwritten_since(self, before: int | None, test: str) -> None:
-        """Fail a test that wrote to the layer itself: later tests of the scope would see it."""
-        if self._database is not None and before is not None and self.written() != before:
-            raise MemdbError(
-                f"pytest-memdb: {test} wrote to the {self.scope} layer "
-                f"({LAYER_FIXTURES[self.scope]}) itself. A layer is written by {self.scope}-"
-                "scoped fixtures, before the tests of its scope run; each test gets a copy "
-                "(memdb, memdb_session, ...) and writes there."
+    def put_back(self) -> bool:
+        """Undo every change since the last checkpoint; False (and the layer is broken from
+        now on) when a connection that holds a lock on it keeps it from being put back."""
+        if self._database is None or self._laid_on is None:
+            return True
+        latest = self._checkpoints[-1][1] if self._checkpoints else self._laid_on
+        source = latest.database
+        if not self._database.restore_from(source, give_up_after=_RESTORE_WAIT_S, full=True):
+            self.broken = (
+                f"pytest-memdb: the {self.scope} layer ({self.fixture}) was written outside "
+                "its fixtures' set-up and could not be put back: a connection (an engine "
+                "built from its URL, a raw sqlite3 connection) holds a read or a write open "
+                "on it. Close it; the tests of this layer cannot run until the layer is "
+                "set up again."
             )
+            return False
+        self._expected = self._database.data_version()
+        return True
+
+    def _raise_if_broken(self) -> None:
+        if self.broken is not None:
+            raise MemdbError(self.broken)
 
     def close(self) -> None:
         """Free the layer (at the end of its scope)."""
         self._closed = True
-        frozen, self._frozen = self._frozen, None
+        checkpoints, self._checkpoints = self._checkpoints, []
         engines, self._engines = self._engines, None
         database, self._database = self._database, None
         self._handle = None
         try:
-            if frozen is not None:
+            for _, frozen in checkpoints:
                 run_sync(frozen.aclose())
             if engines is not None:
                 run_sync(engines.aclose())
         finally:
             if database is not None:
                 database.close()
+
+
+def _names(fixtures: list[str]) -> str:
+    return ", ".join(fixtures)
+
+
+class Layers:
+    """The live layers of a run, checked at every boundary (see the module doc).
+
+    Without pytest: the plugin calls :meth:`check` at the start and end of each test phase
+    and wraps each fixture's set-up in :meth:`fixture`; the isolation machine does the same.
+    """
+
+    def __init__(self) -> None:
+        self._live: list[MemdbLayer] = []
+
+    def add(self, layer: MemdbLayer) -> None:
+        self._live.append(layer)
+
+    def remove(self, layer: MemdbLayer) -> None:
+        with contextlib.suppress(ValueError):
+            self._live.remove(layer)
+
+    def __bool__(self) -> bool:
+        return bool(self._live)
+
+    def writers(self) -> frozenset[str]:
+        """Every fixture whose rows a live layer holds."""
+        found: set[str] = set()
+        for layer in self._live:
+            found.update(layer.writers())
+        return frozenset(found)
+
+    def check(self, who: str) -> list[str]:
+        """Put back every layer something wrote to since its checkpoint; say what was found
+        (``who``: what ran since the last check, as the message will name it)."""
+        problems = []
+        for layer in self._live:
+            if layer.laid and layer.broken is None and layer.changed():
+                problems.append(_unexpected(layer, who, layer.put_back()))
+        return problems
+
+    @contextlib.contextmanager
+    def fixture(self, name: str, scope: str) -> Iterator[list[str]]:
+        """Around one fixture's set-up: a layer it wrote to is checkpointed when the fixture
+        is of the layer's scope and succeeded, else put back. Problems found are appended
+        to the list yielded (the caller raises them once the fixture's own outcome is
+        known)."""
+        problems = self.check("something before this fixture")
+        try:
+            yield problems
+        except BaseException:
+            for layer in self._live:
+                if layer.laid and layer.broken is None and layer.changed():
+                    layer.put_back()  # a fixture that raised: none of its rows stay
+            raise
+        for layer in self._live:
+            if not (layer.laid and layer.broken is None and layer.changed()):
+                continue
+            if scope == layer.scope:
+                try:
+                    layer.checkpoint(name)
+                except MemdbError:
+                    layer.put_back()
+                    raise
+            else:
+                problems.append(
+                    _unexpected(layer, f"the {scope}-scoped fixture {name}", layer.put_back())
+                )
+
+
+def _unexpected(layer: MemdbLayer, who: str, put_back: bool) -> str:
+    undone = (
+        "It was put back as its fixtures left it, so later tests do not see it."
+        if put_back
+        else "It could not be put back (a connection holds it open): its tests will error."
+    )
+    return (
+        f"pytest-memdb: {who} wrote to the {layer.scope} layer ({layer.fixture}). A layer is "
+        f"written only by {layer.scope}-scoped fixtures, while they are set up: their rows "
+        "are then in every test that asks for them. A test (or a function-scoped fixture) "
+        "writes to its own copy: memdb, memdb_session, memdb_sessionmaker. "
+        f"{undone}"
+    )

@@ -81,6 +81,8 @@ class MemoryDatabase:
         self._vfs = "memdb"
         self._watched: Watched | None = None
         self._pages_from: MemoryDatabase | None = None
+        self._cookie_max = 0
+        """The highest schema cookie this database is known to have had (see restores)."""
         self.page_file: int | None = None
         """A private database's ``sqlite3_file``, read by page restores from it (or None)."""
         pages = None if shared else page_vfs()
@@ -164,10 +166,18 @@ class MemoryDatabase:
             and pages_from.page_file is not None
             and self.shared
             and self._watched is None
+            and pages_from.anchor.execute("PRAGMA page_count").fetchone()[0]  # an empty
+            # template (no tables yet) has no page 1 to take the header from: backups
         ):
             self._watched = pages.watch(self.name, pages_from.page_file)
             self._pages_from = pages_from
             self._vfs = VFS_NAME
+
+    @property
+    def touched(self) -> bool:
+        """Whether the page-recording VFS saw anything written since the last restore,
+        committed or not (False when pages are not recorded: ask :meth:`data_version`)."""
+        return self._watched is not None and self._watched.touched
 
     def is_free(self) -> bool:
         """Whether no other connection holds a lock (an open read or write) on this database.
@@ -198,9 +208,12 @@ class MemoryDatabase:
         except (sqlite3.OperationalError, sqlite3.ProgrammingError):  # or a closed anchor
             return None
 
-    def restore_from(self, source: MemoryDatabase, *, give_up_after: float = 5.0) -> bool:
+    def restore_from(
+        self, source: MemoryDatabase, *, give_up_after: float = 5.0, full: bool = False
+    ) -> bool:
         """Overwrite this database in place with ``source``'s content: the pages written
-        since the last restore when they were recorded, else a page-level backup.
+        since the last restore when they were recorded, else (or with ``full``) a
+        page-level backup.
 
         Connections open on this database stay open and see the restored content (SQLite
         invalidates their page and schema caches). Returns False, changing nothing, when
@@ -209,18 +222,40 @@ class MemoryDatabase:
         """
         watched = self._watched if source is self._pages_from else None
         page_file = source.page_file if watched is not None else None
-        if watched is not None and page_file:
+        if watched is not None and page_file and not full:
             restored = watched.restore_from(page_file)
             if restored is not None:
                 return restored
             # Something wrote around the shim (see pytest_memdb.pages): back up, start afresh.
         if not self.is_free():
             return False
+        before = self._cookie()
         if not self.fill_from(source, give_up_after=give_up_after):
             return False
+        self._cookie_past(before)
         if watched is not None and page_file:
             watched.baseline(page_file)
         return True
+
+    def _cookie(self) -> int:
+        return int(self.anchor.execute("PRAGMA schema_version").fetchone()[0])
+
+    def _cookie_past(self, before: int) -> None:
+        """After a backup: a schema cookie no connection can have seen with another schema.
+
+        SQLite's backup sets the old cookie plus one; a test that rewound ``schema_version``
+        after DDL would make that a value some connection cached the DDL's schema under
+        ("database disk image is malformed" later). Moved past every value known here.
+        """
+        after = self._cookie()
+        seen = max(before, self._watched.cookie_max if self._watched is not None else 0)
+        self._cookie_max = max(self._cookie_max, seen)
+        if after <= self._cookie_max:
+            after = self._cookie_max + 1
+            self.anchor.execute(f"PRAGMA schema_version = {after}")
+        self._cookie_max = after
+        if self._watched is not None:
+            self._watched.cookie_max = max(self._watched.cookie_max, after)
 
     def fill_from(self, source: MemoryDatabase, *, give_up_after: float = 5.0) -> bool:
         """The backup itself; False if a lock taken since the check outlasts ``give_up_after``.

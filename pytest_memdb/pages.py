@@ -23,10 +23,18 @@ rereads the schema, else none does (the backup always bumped it: 75-125 us a con
 to reread). Restoring those fields to the template's values would let a connection keep
 pages or a schema from an earlier test whose counter happened to match (tested).
 
-A write that reaches the database around the shim (a connection opened by hand with
-``vfs=memdb`` on the working database's name) is seen by the change counter: every commit
-moves it by one, and the shim knows the last value written through it; any other value
-makes :meth:`Watched.restore_from` answer None, and the caller backs up instead.
+There is no way around the shim: memdb's own ``xOpen`` is pointed at the shim's too, so a
+connection opened by hand with ``vfs=memdb`` on a watched name is recorded like any other
+(only the plugin's anchor, opened before the watch began, is not; its writes are the
+restores). As a second line, the change counter: every commit moves it by one, and the
+shim knows the last value written through it; any other value makes
+:meth:`Watched.restore_from` answer None, and the caller backs up instead.
+
+A restore is all-or-nothing: the written pages are forgotten only once all are copied
+back; a restore that stops half-way (an exception, a pytest-timeout firing in it) leaves
+the database marked, and the next one backs up the whole template. The schema cookie moves
+past every value the shim saw written, so a test that rewinds ``PRAGMA schema_version``
+after DDL cannot make a connection keep the DDL's schema.
 
 Where the shim cannot be made (an interpreter whose ``_sqlite3`` does not export
 SQLite's C interface, a SQLite without memdb), :func:`page_vfs` returns None and restores
@@ -172,6 +180,10 @@ class Watched:
         self.template_size = 0
         self.counter = 0
         self.cookie = 0
+        self.cookie_moved = False
+        """Whether a page 1 with another schema cookie was written since the last restore."""
+        self.cookie_max = 0
+        """The highest schema cookie ever written here: restores move it past that."""
         self._buffer = ctypes.create_string_buffer(65536)
 
     # Called by the shim's xWrite and xTruncate, in whichever thread runs the statement.
@@ -182,13 +194,21 @@ class Watched:
             self.dirty.add(first)
         else:
             self.dirty.update(range(first, last + 1))
-        if offset == 0 and amount >= 28:
-            counter = int.from_bytes(ctypes.string_at(data + 24, 4), "big")
+        if offset == 0 and amount >= 44:
+            header = ctypes.string_at(data + 24, 20)
+            counter = int.from_bytes(header[:4], "big")
             # A commit moves the counter on by one from what is in the file; a rolled-back
             # spill writes the old page 1 back. Anything else: someone wrote around us.
             if (counter - self.counter) % (1 << 32) not in (0, 1, (1 << 32) - 1):
                 self.bypassed = True
             self.counter = counter
+            cookie = int.from_bytes(header[16:20], "big")
+            if cookie != self.cookie:
+                self.cookie_moved = True
+                if cookie > self.cookie_max:
+                    self.cookie_max = cookie
+        elif offset < 44:
+            self.bypassed = True  # part of the header alone: not SQLite's own way
 
     def truncated(self, size: int) -> None:
         if self.cut_to is None or size < self.cut_to:
@@ -218,6 +238,12 @@ class Watched:
         self._unlock()
         return True
 
+    @property
+    def touched(self) -> bool:
+        """Whether anything was written since the last restore (committed or not: a rolled
+        back write with ``journal_mode=OFF`` leaves changed pages and no commit)."""
+        return bool(self.dirty) or self.cut_to is not None or self.bypassed
+
     def baseline(self, source: int) -> None:
         """Start recording afresh: the database now holds ``source``'s pages (a backup)."""
         header = self._header()
@@ -225,9 +251,18 @@ class Watched:
         self.template_size = self._vfs.size_of(source)  # the template is never written
         self.counter = int.from_bytes(header[24:28], "big")
         self.cookie = int.from_bytes(header[40:44], "big")
+        self.cookie_max = max(self.cookie_max, self.cookie)
+        self.cookie_moved = False
         self.dirty = set()
         self.cut_to = None
         self.bypassed = False
+
+    def next_cookie(self, current: int) -> int | None:
+        """The schema cookie a backup restore must set, if the one it left (``current``) is
+        not past every value seen (a rewound ``schema_version``), else None."""
+        if current > self.cookie_max:
+            return None
+        return (self.cookie_max + 1) % (1 << 32)
 
     def restore_from(self, source: int) -> bool | None:
         """Put back ``source``'s pages where they were written (``source``: the template's
@@ -239,7 +274,11 @@ class Watched:
             header = self._header()
             if self.bypassed or int.from_bytes(header[24:28], "big") != self.counter:
                 return None
-            self._put_back(source, header)
+            try:
+                self._put_back(source, header)
+            except BaseException:
+                self.bypassed = True  # half put back: the next restore backs up everything
+                raise
         finally:
             self._unlock()
         return True
@@ -250,11 +289,9 @@ class Watched:
         buffer = ctypes.addressof(self._buffer)
         size = self.page_size
         template_size = self.template_size
-        pages = self.dirty
-        self.dirty = set()
+        pages = set(self.dirty)  # forgotten only once all are back (all-or-nothing)
         if self.cut_to is not None:
             pages.update(range(self.cut_to // size, template_size // size))
-            self.cut_to = None
         pages.discard(0)  # page 1 goes last, with its header moved forward
         write = vfs.memdb.write
         for page in pages:
@@ -269,13 +306,18 @@ class Watched:
         vfs.read(source, buffer, size, 0)
         counter = (self.counter + 1) % (1 << 32)
         cookie = int.from_bytes(header[40:44], "big")
-        if cookie != self.cookie:
-            cookie = (cookie + 1) % (1 << 32)
+        if cookie != self.cookie or self.cookie_moved:
+            self.cookie_max = max(self.cookie_max, cookie)
+            cookie = (self.cookie_max + 1) % (1 << 32)  # past every value a connection saw
+            self.cookie_max = cookie
         for offset, value in ((24, counter), (92, counter), (40, cookie)):
             ctypes.memmove(buffer + offset, value.to_bytes(4, "big"), 4)
         if write(handle, buffer, size, 0):
             raise sqlite3.OperationalError(f"memdb write to {self.name} failed")
         self.counter, self.cookie = counter, cookie
+        self.cookie_moved = False
+        self.dirty = set()
+        self.cut_to = None
 
     def close(self) -> None:
         """Stop recording and close the shim's own handle (the database lives while any
@@ -333,6 +375,10 @@ class PageVfs:
         register.restype, register.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]
         if register(ctypes.addressof(struct), 0):
             raise OSError("sqlite3_vfs_register failed")
+        # memdb's own opens come here too, so a connection opened with ``vfs=memdb`` on a
+        # watched name is recorded as well (files the larger size first: the slot is ours).
+        memdb.szOsFile = self.file_size
+        memdb.xOpen = struct.xOpen
 
     # -- the shim's three Python methods ------------------------------------------------
     def _x_open(self, vfs: int, name: int, file: int, flags: int, out_flags: int) -> int:

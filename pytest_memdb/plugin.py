@@ -10,7 +10,7 @@ work under pytest-asyncio (any mode, any loop scope) and anyio alike.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -37,6 +37,8 @@ strict_key = pytest.StashKey["StrictGuard"]()
 open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
 """The databases a test holds, by fixture name, for ``--memdb-keep-failed``."""
 factory_modules_key = pytest.StashKey["FactoryModules"]()
+current_item_key = pytest.StashKey[pytest.Item]()
+"""The test being run: a layer set up for it is laid on the wider layers *it* asked for."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,8 +93,21 @@ def _restore(settings: MemdbConfig) -> str:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     settings = item.config.stash.get(settings_key, None)
-    if settings is not None and settings.strict:
+    if settings is None:
+        return
+    item.config.stash[current_item_key] = item
+    if settings.strict:
         _strict_guard(item.config).begin()
+    _check_layers(item.config, "something between the last test and this one")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    _check_layers(item.config, f"a fixture of {item.nodeid}")
+    try:
+        return (yield)
+    finally:
+        _check_layers(item.config, f"the test {item.nodeid}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -104,6 +119,76 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         opened = guard.end() if guard is not None else []
         if opened:
             raise pytest.fail.Exception("\n".join(opened), pytrace=False)
+        _check_layers(item.config, f"the teardown of {item.nodeid}")
+
+
+def _check_layers(config: pytest.Config, who: str) -> None:
+    """Every layer as its fixtures left it, at each boundary of every test (memdb or not):
+    one ``PRAGMA data_version`` a layer; a layer written by anything else is put back, and
+    the phase that did it fails (:mod:`pytest_memdb.layers`)."""
+    registry = config.stash.get(registry_key, None)
+    if registry is not None and registry.layers:
+        problems = registry.layers.check(who)
+        if problems:
+            raise pytest.fail.Exception("\n".join(problems), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> Generator[None, object, object]:
+    """Around the set-up of a scoped fixture (or one that asks for a layer): what it wrote
+    to a layer of its own scope is checkpointed, anything else put back and reported; with
+    ``memdb_factories``, the factories write through the layer it asks for."""
+    registry = request.config.stash.get(registry_key, None)
+    layer_names = _LAYER_NAMES.intersection(fixturedef.argnames)
+    if (
+        registry is None
+        or not registry.layers
+        or (fixturedef.scope == "function" and not layer_names)
+    ):
+        return (yield)
+    try:
+        with (
+            registry.layers.fixture(fixturedef.argname, fixturedef.scope) as problems,
+            _factories_for_layer(request, layer_names),
+        ):
+            result = yield
+    except MemdbError as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    if problems:
+        raise pytest.fail.Exception("\n".join(problems), pytrace=False)
+    return result
+
+
+_LAYER_NAMES = frozenset(LAYER_FIXTURES.values())
+
+
+@contextlib.contextmanager
+def _factories_for_layer(
+    request: pytest.FixtureRequest, layer_names: frozenset[str]
+) -> Iterator[None]:
+    """``memdb_factories``' factories, inside a fixture that writes a layer, write through
+    that layer's sessions (committed when the fixture's set-up returns)."""
+    modules = _factory_modules(request.config) if layer_names else None
+    if modules is None:
+        yield
+        return
+    from pytest_memdb.factory_binding import FactoryBinding
+
+    name = next(name for name in reversed(LAYER_FIXTURES.values()) if name in layer_names)
+    layer: MemdbLayer = request.getfixturevalue(name)
+    binding, sessions = FactoryBinding.for_layer(layer)
+    try:
+        binding.bind(*modules.factories())
+    except MemdbError as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    try:
+        yield
+        sessions.commit()
+    finally:
+        sessions.close()
+        binding.restore()
 
 
 def _strict_guard(config: pytest.Config) -> StrictGuard:
@@ -175,10 +260,12 @@ def open_database(
         wanted = target()
         registry = _registry(request.config)
         with guard.paused() if guard is not None else contextlib.nullcontext():
-            handle = registry.open(wanted, layer)  # a build (migrations, seeds) may open others
+            # a build (migrations, seeds) may open others
+            handle = registry.open(
+                wanted, layer, asked=request.fixturenames, test=request.node.nodeid
+            )
     except MemdbError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
-    layer_before = layer.written() if layer is not None else None
     held = request.node.stash.setdefault(open_handles_key, [])
     held.append((fixture, handle))
     if guard is not None:
@@ -198,28 +285,43 @@ def open_database(
         held.remove((fixture, handle))
         try:
             handle.close()
-            if layer is not None:
-                layer.check_unwritten_since(layer_before, request.node.nodeid)
         except MemdbError as exc:  # the test escaped its isolation: an error at its teardown
             raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
-def open_layer(
-    request: pytest.FixtureRequest, scope: str, parent: MemdbLayer | None
-) -> Iterator[MemdbLayer]:
-    """Set up one scope's layer (``memdb_suite``, ``memdb_module``, ``memdb_class``)."""
+def open_layer(request: pytest.FixtureRequest, scope: str) -> Iterator[MemdbLayer]:
+    """Set up one scope's layer (``memdb_suite``, ``memdb_module``, ``memdb_class``).
+
+    It is laid on the nearest wider layer that the test it is set up for asked for
+    (through its fixtures), else on the template: a module whose tests never ask for
+    ``memdb_suite`` gets none of its rows, whichever tests ran before.
+    """
     settings = request.config.stash[settings_key]
     node = request.node
+    item = request.config.stash.get(current_item_key, None)
+    asked = getattr(item, "fixturenames", ()) if item is not None else ()
+    scopes = list(LAYER_FIXTURES)
+    wider = [LAYER_FIXTURES[s] for s in scopes[: scopes.index(scope)]]
+    parent_name = next((name for name in reversed(wider) if name in asked), None)
+    parent: MemdbLayer | None = (
+        request.getfixturevalue(parent_name) if parent_name is not None else None
+    )
+    registry = _registry(request.config)
+
+    def laying() -> tuple[Collection[str], str]:  # asked at the layer's first use
+        now = request.config.stash.get(current_item_key, None)
+        return tuple(getattr(now, "fixturenames", ())), getattr(now, "nodeid", "a test")
+
     try:
-        layer = _registry(request.config).layer(
-            lambda: settings.target_for(node), scope, getattr(node, "name", scope), parent
+        layer = registry.layer(
+            lambda: settings.target_for(node), scope, getattr(node, "name", scope), parent, laying
         )
     except MemdbError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
     try:
         yield layer
     finally:
-        layer.close()
+        registry.close_layer(layer)
 
 
 def _innermost_layer(request: pytest.FixtureRequest) -> MemdbLayer | None:
@@ -323,21 +425,22 @@ def memdb(request: pytest.FixtureRequest) -> Iterator[MemdbHandle]:
 def memdb_suite(request: pytest.FixtureRequest) -> Iterator[MemdbLayer]:
     """Data for every test of the run (per xdist worker): write it from a session-scoped
     fixture (``memdb_session`` is the test's ``AsyncSession``, hence the name)."""
-    yield from open_layer(request, "session", None)
+    yield from open_layer(request, "session")
 
 
 @pytest.fixture(scope="module")
-def memdb_module(request: pytest.FixtureRequest, memdb_suite: MemdbLayer) -> Iterator[MemdbLayer]:
-    """Data for the tests of one module, on top of ``memdb_suite``'s: write it from a
-    module-scoped fixture; each test of the module that asks for that fixture starts from
-    the template plus it."""
-    yield from open_layer(request, "module", memdb_suite)
+def memdb_module(request: pytest.FixtureRequest) -> Iterator[MemdbLayer]:
+    """Data for the tests of one module: write it from a module-scoped fixture; each test
+    of the module that asks for that fixture starts from the template plus it (plus
+    ``memdb_suite``'s rows, when the test asks for those too)."""
+    yield from open_layer(request, "module")
 
 
 @pytest.fixture(scope="class")
-def memdb_class(request: pytest.FixtureRequest, memdb_module: MemdbLayer) -> Iterator[MemdbLayer]:
-    """Data for the tests of one class (Django's ``setUpTestData``), on top of the module's."""
-    yield from open_layer(request, "class", memdb_module)
+def memdb_class(request: pytest.FixtureRequest) -> Iterator[MemdbLayer]:
+    """Data for the tests of one class (Django's ``setUpTestData``), on top of the wider
+    layers the test asks for."""
+    yield from open_layer(request, "class")
 
 
 @pytest.fixture

@@ -55,7 +55,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from pytest_memdb._loop import run_sync
-from pytest_memdb.connections import BUSY_TIMEOUT_S, connect, leaves_connection_state
+from pytest_memdb.connections import (
+    BUSY_TIMEOUT_S,
+    TrackedConnection,
+    connect,
+    leaves_connection_state,
+)
 from pytest_memdb.dumps import save_connection_view
 from pytest_memdb.engines import CLOSE_WAIT_S, MemdbAioConnection, listeners
 from pytest_memdb.memory import MemoryDatabase
@@ -81,6 +86,9 @@ def is_write(statement: str) -> bool:
 class _SharedAioConnection(MemdbAioConnection):
     """aiosqlite on the shared connection; transaction ends and close are ours to make."""
 
+    memdb_on_close: Callable[[], None] | None = None
+    """Told when the connection is closed (by a test, or by the pool's dispose)."""
+
     async def commit(self) -> None:
         """Ending a transaction is a ``RELEASE``, emitted by :class:`SharedConnection`."""
 
@@ -88,9 +96,15 @@ class _SharedAioConnection(MemdbAioConnection):
         """Undoing a transaction is a ``ROLLBACK TO``, emitted by :class:`SharedConnection`."""
 
     async def close(self) -> None:
-        """Stop the worker thread but keep the shared ``sqlite3`` connection open."""
+        """Stop the worker thread but keep the shared ``sqlite3`` connection open.
+
+        A test that closes it (``await driver_connection.close()``) leaves the async engine
+        a connection with no worker: its owner is told, and renews it before another test.
+        """
         if self._connection is None:
             return
+        if self.memdb_on_close is not None:
+            self.memdb_on_close()
         future = self.stop()
         if future is not None:
             with contextlib.suppress(asyncio.TimeoutError):  # a worker stopped already
@@ -118,7 +132,7 @@ class _SharedSyncConnection:
     """The shared ``sqlite3`` connection as SQLAlchemy's sync driver sees it."""
 
     def __init__(self, raw: sqlite3.Connection) -> None:
-        self._raw = raw
+        object.__setattr__(self, "_raw", raw)
 
     def commit(self) -> None:
         """See :meth:`_SharedAioConnection.commit`."""
@@ -132,6 +146,9 @@ class _SharedSyncConnection:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._raw, name, value)  # row_factory and friends: the shared connection's
+
 
 class SharedConnection:
     """Owns a rollback-mode working database's connection, its engines and its write lock.
@@ -144,8 +161,9 @@ class SharedConnection:
     def __init__(self, database: MemoryDatabase, *, echo: bool, pragmas: Pragmas = ()) -> None:
         self.database = database
         self._echo = echo
-        self.raw = connect(database.sqlite_uri, isolation_level=None)
-        apply_pragmas(self.raw, pragmas)  # once, outside any transaction (foreign_keys needs it)
+        self._pragmas = pragmas
+        self._disposing = False
+        self.raw = self._open_raw()
         self._write_lock = threading.Lock()
         self._savepoints: dict[int, str] = {}
         self._names = itertools.count(1)
@@ -175,11 +193,51 @@ class SharedConnection:
         self._mutex_renewable = False
         # StaticPool makes its one connection lazily; made on first use, fifty concurrent
         # first checkouts would each open their own on the shared sqlite3 connection.
-        run_sync(self._prime_async_pool())
+        run_sync(self._prime())
+        self._baseline = [listeners(e) for e in (self.async_engine.sync_engine, self.sync_engine)]
+
+    def _open_raw(self) -> TrackedConnection:
+        raw = connect(self.database.sqlite_uri, isolation_level=None)
+        apply_pragmas(raw, self._pragmas)  # once, outside any transaction (foreign_keys needs it)
+        return raw
+
+    async def _prime(self) -> None:
+        await self._prime_async_pool()
         with self.sync_engine.connect():
             pass
         self.raw.arm(self._state_left)  # after SQLAlchemy registered its own functions
-        self._baseline = [listeners(e) for e in (self.async_engine.sync_engine, self.sync_engine)]
+
+    async def _dispose_engines(self) -> None:
+        self._disposing = True
+        try:
+            await self.async_engine.dispose()
+            self.sync_engine.dispose()
+        finally:
+            self._disposing = False
+
+    def _adapter_closed(self) -> None:
+        if not self._disposing:
+            self.disturbed = self.disturbed or "its aiosqlite connection was closed by a test"
+
+    async def renew(self) -> None:
+        """A new ``sqlite3`` connection under the *same* engines: what a test left on the old
+        one (per-connection state, a cancelled statement, a closed driver connection) goes
+        with it, and every engine and sessionmaker handed out stays usable (``memdb.reset()``
+        between Hypothesis examples relies on that)."""
+        await self._dispose_engines()
+        old, self.raw = self.raw, self._open_raw()
+        with contextlib.suppress(sqlite3.Error):
+            if self.disturbed is not None:
+                old.interrupt()  # a cancelled statement may still run in a worker thread
+        old.close()  # rolls back whatever is still open
+        self.stateful = False
+        self.disturbed = None
+        self._in_test = False
+        self._escape = None
+        self._savepoints.clear()
+        if self._write_lock.locked():
+            self._write_lock.release()
+        await self._prime()
 
     async def _prime_async_pool(self) -> None:
         async with self.async_engine.connect() as conn:
@@ -188,8 +246,10 @@ class SharedConnection:
             self._mutex_renewable = isinstance(mutex, asyncio.Lock)
 
     async def _connect_async(self) -> MemdbAioConnection:
-        connection = _SharedAioConnection(lambda: self.raw, iter_chunk_size=64)
-        connection.memdb_raw = self.raw
+        raw = self.raw
+        connection = _SharedAioConnection(lambda: raw, iter_chunk_size=64)
+        connection.memdb_raw = raw
+        connection.memdb_on_close = self._adapter_closed
         await connection
         return connection
 
@@ -213,7 +273,11 @@ class SharedConnection:
         self.raw.execute(f"SAVEPOINT {OUTER}")
 
     async def _renew_async_connection(self) -> None:
-        await self.async_engine.dispose()
+        self._disposing = True
+        try:
+            await self.async_engine.dispose()
+        finally:
+            self._disposing = False
         await self._prime_async_pool()
 
     def end_test(self) -> str | None:
@@ -245,8 +309,11 @@ class SharedConnection:
 
     def needs_renewal(self) -> bool:
         """Whether the last test left anything on this connection or its engines."""
-        if self.stateful or self.disturbed is not None:
-            return True
+        return self.stateful or self.disturbed is not None or self.engines_changed()
+
+    def engines_changed(self) -> bool:
+        """Whether a test added listeners to the engines, or changed their options or echo
+        (only new engines undo that; :meth:`renew` keeps them)."""
         engines = (self.async_engine.sync_engine, self.sync_engine)
         if any(e.get_execution_options() or e.echo != self._echo for e in engines):
             return True  # update_execution_options(), echo set by the test
@@ -259,14 +326,14 @@ class SharedConnection:
     async def aclose(self) -> None:
         """Dispose of both engines and close the shared connection."""
         if self.disturbed is not None:
-            self.raw.interrupt()  # a cancelled statement may still run in a worker thread
+            with contextlib.suppress(sqlite3.ProgrammingError):  # a test closed it
+                self.raw.interrupt()  # a cancelled statement may still run in a worker thread
         self._in_test = False
         self._savepoints.clear()
         if self._write_lock.locked():
             self._write_lock.release()
         try:
-            await self.async_engine.dispose()
-            self.sync_engine.dispose()
+            await self._dispose_engines()
         finally:
             self.raw.close()  # rolls back whatever is still open
 
@@ -312,7 +379,8 @@ class SharedConnection:
             if _LISTENERS_CHANGED in str(error):
                 return
             self.disturbed = self.disturbed or f"its connection was invalidated ({error!r})"
-            self.raw.interrupt()  # a cancelled statement may still run in its worker thread
+            with contextlib.suppress(sqlite3.ProgrammingError):  # a test closed it
+                self.raw.interrupt()  # a cancelled statement may still run in its worker thread
 
         event.listen(engine, "before_cursor_execute", before_cursor_execute)
         event.listen(engine, "after_cursor_execute", after_cursor_execute)

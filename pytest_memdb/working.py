@@ -71,6 +71,8 @@ class WorkingDatabase:
         self.reuses = 0
         """How many tests left the database as they got it (nothing committed: no restore)."""
         self._version = self.database.data_version()
+        self._unfinished = False
+        """A restore was begun and did not return: the next one backs up the whole template."""
         self.last_handed: object = None
         """The engines the last test was handed (checked again only when that changes)."""
 
@@ -89,22 +91,35 @@ class WorkingDatabase:
         """Whether any connection committed to this database since it was last made equal."""
         return self.database.data_version() != self._version
 
-    def make_equal(self, *, after_test: bool = False, force: bool = False) -> bool:
+    def make_equal(
+        self, *, after_test: bool = False, force: bool = False, doubt: bool = False
+    ) -> bool:
         """Bring the database back to the template's content; False if a leaked lock stops it.
 
         Called before each test (a leaked connection may commit at any time) and after one
         (``after_test``: so the database is the template's again as soon as it can be; a
         test that committed nothing counts as a reuse). A restore checks the locks itself.
         ``force``: restore even if nothing was committed since the last check (a ``session``
-        database, whose earlier tests' writes are not counted as changes).
+        database, whose earlier tests' writes are not counted as changes); ``doubt``: the
+        test left its connections in a state that may have written without a commit.
+
+        Any sign of a write means a restore: a commit (``data_version`` moved), or a page
+        the page-recording VFS saw written, committed or not (``journal_mode=OFF`` and a
+        rolled-back update leave changed pages and no commit), or a doubt. A restore that
+        did not finish (an exception in it: a pytest-timeout firing, a KeyboardInterrupt)
+        is done again in full, as a backup, before anything else.
         """
         if self.database.closed:
             return False  # a test called memdb.database.close() (the anchor)
-        if not force and not self.changed():
+        full = self._unfinished
+        if not (force or doubt or full or self.database.touched or self.changed()):
             self.reuses += after_test
             return self.database.is_free()
-        if not self.database.restore_from(self.template):
+        self._unfinished = True
+        if not self.database.restore_from(self.template, full=full):
+            self._unfinished = full  # nothing was changed: only a held lock stopped it
             return False
+        self._unfinished = False
         self.restores += 1
         self._version = self.database.data_version()
         return True
@@ -117,17 +132,25 @@ class WorkingDatabase:
             return self.engines.stateful or self.engines.listeners_changed()
         return source is self._shared and self._shared is not None and self._shared.needs_renewal()
 
-    async def settle(self, source: object) -> None:
-        """Close or replace whatever connections a test left state on (see the module doc)."""
-        if source is self.engines:
-            await self.engines.settle()
-        elif source is self._shared and self._shared is not None:
-            shared, self._shared = self._shared, None
-            await shared.aclose()
+    async def settle(self, source: object, *, keep_engines: bool = False) -> None:
+        """Close or replace whatever connections a test left state on (see the module doc).
 
-    def settle_if_needed(self, source: object) -> None:
+        ``keep_engines`` (``memdb.reset()``, within a test): the engines the test holds stay
+        the same objects, with the listeners the test added, and only their connections are
+        renewed, so everything handed out keeps working; they are replaced at its end.
+        """
+        if source is self.engines:
+            await self.engines.settle(replace=not keep_engines)
+        elif source is self._shared and self._shared is not None:
+            if keep_engines or not self._shared.engines_changed():
+                await self._shared.renew()
+            else:
+                shared, self._shared = self._shared, None
+                await shared.aclose()
+
+    def settle_if_needed(self, source: object, *, keep_engines: bool = False) -> None:
         if self.needs_settling(source):
-            run_sync(self.settle(source))
+            run_sync(self.settle(source, keep_engines=keep_engines))
         self.last_handed = source
 
     async def aclose(self) -> None:
