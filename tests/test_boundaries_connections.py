@@ -130,3 +130,107 @@ def test_a_driver_connection_test_1_changed_does_not_reach_test_2(
     # Test 1's own outcome is not the point: in rollback mode, a driver change that ends
     # the outer transaction (isolation_level = None commits) is reported as an escape.
     assert "test_1_changes_its_driver_connection" in seen, tail(result)
+
+
+# -- work that outlives its test -------------------------------------------------------
+
+LATE_TASK = """
+import asyncio
+
+from sqlalchemy import text
+
+LATE = {}
+
+
+async def write_late(maker, gate):
+    await gate.wait()
+    try:
+        async with maker() as session:
+            await session.execute(text("INSERT INTO user (name) VALUES ('late')"))
+            await session.commit()
+    except Exception as exc:
+        LATE["error"] = exc
+    else:
+        LATE["error"] = None
+
+
+async def test_1_starts_a_task_and_returns(memdb_sessionmaker):
+    gate = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(write_late(memdb_sessionmaker, gate))
+    LATE.update(gate=gate, task=task)
+
+
+async def test_2_next(memdb_session):
+    LATE["gate"].set()
+    await LATE["task"]  # test 1's task runs now, inside this test
+    count = await memdb_session.execute(text("SELECT count(*) FROM user"))
+    assert count.scalar_one() == 3
+
+
+def test_3_the_late_write_failed():
+    assert "pytest-memdb" in str(LATE["error"]), repr(LATE["error"])
+"""
+
+LATE_THREAD = """
+import threading
+
+from sqlalchemy import text
+
+LATE = {}
+
+
+def write_late(maker, gate):
+    gate.wait(timeout=60)
+    try:
+        with maker() as session:
+            session.execute(text("INSERT INTO user (name) VALUES ('late')"))
+            session.commit()
+    except Exception as exc:
+        LATE["error"] = exc
+    else:
+        LATE["error"] = None
+
+
+def test_1_starts_a_thread_and_returns(memdb):
+    gate = threading.Event()
+    thread = threading.Thread(target=write_late, args=(memdb.sync_sessionmaker, gate))
+    thread.start()
+    LATE.update(gate=gate, thread=thread)
+
+
+def test_2_next(memdb_sync_session):
+    LATE["gate"].set()
+    LATE["thread"].join(timeout=60)  # test 1's thread writes now, inside this test
+    assert not LATE["thread"].is_alive()
+    count = memdb_sync_session.execute(text("SELECT count(*) FROM user")).scalar_one()
+    assert count == 3
+
+
+def test_3_the_late_write_failed():
+    assert "pytest-memdb" in str(LATE["error"]), repr(LATE["error"])
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+@pytest.mark.parametrize("worker", ["task", "thread"])
+def test_a_write_after_its_test_ended_fails_and_reaches_no_later_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str, worker: str
+) -> None:
+    """5: test 1 leaves an asyncio task (one event loop for the session) or a thread that
+    writes through its sessionmaker later, during test 2: test 2 must not see the row,
+    and the late write must fail with a pytest-memdb error."""
+    write_ini(
+        pytester,
+        memdb_file="data/app.sqlite",
+        memdb_isolation=isolation,
+        asyncio_default_fixture_loop_scope="session",
+        asyncio_default_test_loop_scope="session",
+    )
+    pytester.makepyfile(test_late=LATE_TASK if worker == "task" else LATE_THREAD)
+    for key, value in WIDE.items():
+        monkeypatch.setenv(key, value)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-rA", timeout=300)
+    seen = outcomes(result)
+    assert seen.get("test_2_next") == ["PASSED"], tail(result)
+    assert seen.get("test_3_the_late_write_failed") == ["PASSED"], tail(result)
+    result.assert_outcomes(passed=3)
