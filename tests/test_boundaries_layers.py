@@ -1,0 +1,370 @@
+"""Layers at their boundaries: writes that reach a wider layer than the test's, layers
+that depend on the order modules run in, rows of fixtures a test never asked for, a
+fixture re-run by pytest-rerunfailures, and factories inside a layer fixture.
+
+Real inner pytest runs on a real fixture file (three users); each inner test asserts what
+it sees itself, and the outer test checks each inner test's outcome and the plugin's
+message.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.boundaries import WIDE, failed, outcomes, passed_cleanly, plugin_error_lines, tail
+from tests.helpers import write_ini
+
+pytestmark = pytest.mark.usefixtures("app_db")
+
+COMMON = """
+    from sqlalchemy import text
+
+    BASE = ["ada", "brian", "grace"]
+
+
+    def add(layer, name):
+        with layer.sync_session() as session:
+            session.execute(text("INSERT INTO user (name) VALUES (:n)"), {"n": name})
+            session.commit()
+
+
+    def names_sync(session):
+        return list(session.execute(text("SELECT name FROM user ORDER BY id")).scalars())
+
+
+    async def names(session):
+        return list((await session.execute(text("SELECT name FROM user ORDER BY id"))).scalars())
+"""
+
+
+def _run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> pytest.RunResult:
+    for key, value in WIDE.items():
+        monkeypatch.setenv(key, value)
+    return pytester.runpytest_subprocess("-p", "no:randomly", "-rA", *args, timeout=300)
+
+
+def _project(pytester: pytest.Pytester, isolation: str, **modules: str) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
+    pytester.makepyfile(common=COMMON, **modules)
+
+
+CLASS_LAYER = """
+    import pytest
+
+    from common import BASE, add, names, names_sync
+
+
+    @pytest.fixture(scope="module")
+    def module_rows(memdb_module):
+        add(memdb_module, "mod")
+        return memdb_module
+
+
+    @pytest.fixture(scope="class")
+    def class_rows(memdb_class, module_rows):
+        add(memdb_class, "cls")
+
+
+    class TestWithAClassLayer:
+        def test_1_writes_to_the_outer_layer(self, memdb, memdb_sync_session, module_rows,
+                                             class_rows):
+            add(module_rows, "sneaky")
+
+        def test_2_next_in_the_class(self, memdb, memdb_sync_session, class_rows):
+            if memdb.isolation != "session":
+                assert names_sync(memdb_sync_session) == [*BASE, "mod", "cls"]
+
+
+    async def test_3_the_module_layer_has_no_sneaky_row(memdb, memdb_session, module_rows):
+        if memdb.isolation != "session":
+            assert await names(memdb_session) == [*BASE, "mod"]
+        else:
+            assert "sneaky" not in await names(memdb_session)
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback", "session"])
+def test_a_class_test_writing_to_the_module_layer_errors_and_leaks_nowhere(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    """1a: a test in a class layer commits through ``memdb_module`` (the outer layer)."""
+    _project(pytester, isolation, test_layers=CLASS_LAYER)
+    result = _run(pytester, monkeypatch)
+    assert failed(result, "test_1_writes_to_the_outer_layer"), tail(result)
+    assert plugin_error_lines(result, "memdb_module"), tail(result)
+    assert passed_cleanly(result, "test_2_next_in_the_class"), tail(result)
+    assert passed_cleanly(result, "test_3_the_module_layer_has_no_sneaky_row"), tail(result)
+
+
+NO_MEMDB = """
+    import pytest
+
+    from common import BASE, add, names
+
+
+    @pytest.fixture(scope="module")
+    def module_rows(memdb_module):
+        add(memdb_module, "mod")
+        return memdb_module
+
+
+    def test_1_never_asks_for_memdb(module_rows):
+        add(module_rows, "sneaky")
+
+
+    async def test_2_next(memdb_session, module_rows):
+        assert await names(memdb_session) == [*BASE, "mod"]
+"""
+
+FUNCTION_FIXTURE = """
+    import pytest
+
+    from common import BASE, add, names_sync
+
+
+    @pytest.fixture(scope="module")
+    def module_rows(memdb_module):
+        add(memdb_module, "mod")
+        return memdb_module
+
+
+    @pytest.fixture
+    def sneaky(module_rows):
+        add(module_rows, "sneaky")  # function-scoped: before memdb is set up
+
+
+    def test_1_a_function_fixture_writes_to_the_layer(sneaky, memdb_sync_session):
+        pass
+
+
+    def test_2_next(memdb_sync_session, module_rows):
+        assert names_sync(memdb_sync_session) == [*BASE, "mod"]
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+@pytest.mark.parametrize("suite", ["no_memdb", "function_fixture"])
+def test_a_write_to_the_module_layer_without_memdb_errors_and_leaks_nowhere(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str, suite: str
+) -> None:
+    """1b: a test that never asks for ``memdb`` commits to the module layer; 1c: a
+    function-scoped fixture does, before ``memdb`` is set up."""
+    source = NO_MEMDB if suite == "no_memdb" else FUNCTION_FIXTURE
+    _project(pytester, isolation, test_layers=source)
+    result = _run(pytester, monkeypatch)
+    first = next(name for name in outcomes(result) if name.startswith("test_1_"))
+    assert failed(result, first), tail(result)
+    assert plugin_error_lines(result, "memdb_module"), tail(result)
+    assert passed_cleanly(result, "test_2_next"), tail(result)
+
+
+ORDER_A = """
+    import pytest
+
+    from common import BASE, add, names
+
+
+    @pytest.fixture(scope="session")
+    def suite_rows(memdb_suite):
+        add(memdb_suite, "suite")
+
+
+    async def test_a_uses_the_suite_layer(memdb_session, suite_rows):
+        assert await names(memdb_session) == [*BASE, "suite"]
+"""
+
+ORDER_B = """
+    import pytest
+
+    from common import BASE, add, names
+
+
+    @pytest.fixture(scope="module")
+    def module_rows(memdb_module):
+        add(memdb_module, "mod")
+
+
+    async def test_b1_counts(memdb_session, module_rows):
+        assert await names(memdb_session) == [*BASE, "mod"]
+
+
+    async def test_b2_counts_again(memdb_session, module_rows):
+        assert await names(memdb_session) == [*BASE, "mod"]
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_a_module_layer_does_not_depend_on_the_modules_run_before(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    """1d: test_b never asks for the suite layer: alone or after test_a, it sees the same."""
+    _project(pytester, isolation, test_a=ORDER_A, test_b=ORDER_B)
+    alone = _run(pytester, monkeypatch, "test_b.py")
+    alone.assert_outcomes(passed=2)
+    after_a = _run(pytester, monkeypatch, "test_a.py", "test_b.py")
+    assert passed_cleanly(after_a, "test_b1_counts"), tail(after_a)
+    assert passed_cleanly(after_a, "test_b2_counts_again"), tail(after_a)
+    after_a.assert_outcomes(passed=3)
+
+
+OTHER_SUITE_FIXTURE = """
+    import pytest
+
+    from common import BASE, add, names
+
+
+    @pytest.fixture(scope="session")
+    def suite_alpha(memdb_suite):
+        add(memdb_suite, "row-a")
+
+
+    @pytest.fixture(scope="session")
+    def suite_bravo(memdb_suite):
+        add(memdb_suite, "row-b")
+
+
+    async def test_1_uses_the_second(memdb_session, suite_bravo):
+        assert await names(memdb_session) == [*BASE, "row-b"]
+
+
+    async def test_2_asks_only_for_the_first(memdb_session, suite_alpha):
+        assert await names(memdb_session) == [*BASE, "row-a"]
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_a_suite_layer_holding_rows_of_a_fixture_not_asked_for_is_an_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    """1e: test 2 asks for ``suite_alpha`` only, but ``suite_bravo`` wrote the suite layer
+    earlier in the run: an error naming ``suite_bravo``, not its rows seen silently."""
+    _project(pytester, isolation, test_suite=OTHER_SUITE_FIXTURE)
+    result = _run(pytester, monkeypatch)
+    assert passed_cleanly(result, "test_1_uses_the_second"), tail(result)
+    assert failed(result, "test_2_asks_only_for_the_first"), tail(result)
+    assert plugin_error_lines(result, "suite_bravo"), tail(result)
+
+
+RERUN = """
+    import pytest
+
+    from common import BASE, add, names
+
+    CALLS = []
+
+
+    @pytest.fixture(scope="module")
+    def flaky_rows(memdb_module):
+        CALLS.append(1)
+        add(memdb_module, "mod")
+        if len(CALLS) == 1:
+            raise RuntimeError("first set-up fails after its commit")
+
+
+    async def test_1_sees_the_row_once(memdb_session, flaky_rows):
+        assert await names(memdb_session) == [*BASE, "mod"]
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_a_module_fixture_rerun_by_rerunfailures_writes_its_row_once(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    """1f: the first set-up commits its row and raises; the rerun's test sees one row."""
+    _project(pytester, isolation, test_rerun=RERUN)
+    result = _run(pytester, monkeypatch, "-p", "rerunfailures", "--reruns", "1")
+    counts = result.parseoutcomes()
+    assert counts.get("rerun") == 1, tail(result)
+    assert counts.get("passed") == 1, tail(result)
+    assert counts.get("failed", 0) + counts.get("errors", 0) == 0, tail(result)
+
+
+FACTORY_MODELS = """
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+    class Base(DeclarativeBase):
+        pass
+
+
+    class Author(Base):
+        __tablename__ = "author"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+"""
+
+FACTORIES = """
+    import factory
+    from factory.alchemy import SQLAlchemyModelFactory
+
+    from models import Author
+
+
+    class AuthorFactory(SQLAlchemyModelFactory):
+        class Meta:
+            model = Author
+            sqlalchemy_session_persistence = "commit"
+
+        name = factory.Sequence(lambda n: f"author {n}")
+"""
+
+FACTORY_LAYER = """
+    import pytest
+    from sqlalchemy import func, select
+
+    from factories import AuthorFactory
+    from models import Author
+
+
+    @pytest.fixture(scope="module")
+    def layer_author(memdb_module):
+        return AuthorFactory(name="from the layer").name
+
+
+    async def count(session):
+        return await session.scalar(select(func.count()).select_from(Author))
+
+
+    async def test_1_sees_the_layer_author(memdb_session, layer_author):
+        assert layer_author == "from the layer"
+        assert list(await memdb_session.scalars(select(Author.name))) == ["from the layer"]
+
+
+    def test_2_a_factory_in_the_test_itself(memdb_sync_session, layer_author):
+        AuthorFactory()
+        assert memdb_sync_session.scalar(select(func.count()).select_from(Author)) == 2
+
+
+    async def test_3_without_the_fixture(memdb_session):
+        assert await count(memdb_session) == 0
+
+
+    async def test_4_with_it_again(memdb_session, layer_author):
+        assert await count(memdb_session) == 1
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_a_factory_in_a_module_layer_fixture_writes_through_the_layer(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    """1g: with ``memdb_factories``, ``AuthorFactory()`` in a module fixture that asks for
+    ``memdb_module`` writes through the layer's session."""
+    write_ini(
+        pytester,
+        memdb_metadata="models:Base",
+        memdb_isolation=isolation,
+        memdb_factories="factories",
+        pythonpath=".",
+    )
+    pytester.makepyfile(
+        models=textwrap.dedent(FACTORY_MODELS),
+        factories=textwrap.dedent(FACTORIES),
+        test_factory_layer=FACTORY_LAYER,
+    )
+    result = _run(pytester, monkeypatch)
+    result.assert_outcomes(passed=4)
