@@ -63,6 +63,14 @@ class MemdbAioConnection(aiosqlite.Connection):
 
     memdb_raw: TrackedConnection | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SQLAlchemy's dialect makes the worker thread a daemon only for connections it opens
+        # itself, not an async_creator's (ours): without this, a pooled connection nobody
+        # disposed keeps the interpreter waiting for its thread at exit, forever (a script
+        # using InMemoryDatabase as the README shows never exited).
+        self._thread.daemon = True
+
     async def commit(self) -> None:
         if self.memdb_raw is None or self.memdb_raw.in_transaction:
             await super().commit()

@@ -10,6 +10,7 @@ work under pytest-asyncio (any mode, any loop scope) and anyio alike.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Collection, Generator, Iterator
 from typing import TYPE_CHECKING
 
@@ -462,15 +463,36 @@ def memdb_sessionmaker(memdb: MemdbHandle) -> async_sessionmaker[AsyncSession]:
 
 
 @pytest.fixture
-def memdb_session(memdb: MemdbHandle) -> Iterator[AsyncSession]:
+def memdb_session(request: pytest.FixtureRequest, memdb: MemdbHandle) -> Iterator[AsyncSession]:
     """An ``AsyncSession`` on this test's database, closed at teardown."""
     from pytest_memdb._loop import run_sync
+
+    if _plain_def_asking(request, "memdb_session"):
+        raise pytest.fail.Exception(
+            f"pytest-memdb: {request.node.nodeid} is a plain `def` test, and memdb_session is "
+            "an AsyncSession: its methods return coroutines a def test cannot await, so "
+            "nothing would run (the test would pass without its queries). Use "
+            "memdb_sync_session (a Session on the same database) in a def test, or write the "
+            "test as `async def`.",
+            pytrace=False,
+        )
 
     session = memdb.session()
     try:
         yield session
     finally:
         run_sync(session.close())
+
+
+def _plain_def_asking(request: pytest.FixtureRequest, name: str) -> bool:
+    """Whether the test itself (not a fixture of it) asks for ``name`` and is a plain def
+    (a Hypothesis test's own function is its ``inner_test``)."""
+    function = getattr(request.node, "function", None)
+    inner = getattr(getattr(function, "hypothesis", None), "inner_test", function)
+    if inner is None or inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner):
+        return False
+    code = getattr(inner, "__code__", None)
+    return code is not None and name in code.co_varnames[: code.co_argcount]
 
 
 @pytest.fixture

@@ -101,7 +101,8 @@ class WorkingDatabase:
         test that committed nothing counts as a reuse). A restore checks the locks itself.
         ``force``: restore even if nothing was committed since the last check (a ``session``
         database, whose earlier tests' writes are not counted as changes); ``doubt``: the
-        test left its connections in a state that may have written without a commit.
+        test left its connections in a state that may have written without a commit (counted
+        only where pages are not recorded: the shim sees every write).
 
         Any sign of a write means a restore: a commit (``data_version`` moved), or a page
         the page-recording VFS saw written, committed or not (``journal_mode=OFF`` and a
@@ -112,6 +113,8 @@ class WorkingDatabase:
         if self.database.closed:
             return False  # a test called memdb.database.close() (the anchor)
         full = self._unfinished
+        recorded = self.database.restores_pages  # then every write is seen: no doubt needed
+        doubt = doubt and not recorded
         if not (force or doubt or full or self.database.touched or self.changed()):
             self.reuses += after_test
             return self.database.is_free()

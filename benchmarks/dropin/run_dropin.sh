@@ -20,11 +20,23 @@
 #                                installed editable).
 #   sqlalchemy-crud-plus         one session-wide in-memory engine, create_all once, `db`
 #                                session fixture in conftest.py; runs with $MAIN_PYTHON.
+#   fastapi-sa-orm-filter        FastAPI + async SQLAlchemy: a session-wide aiosqlite engine
+#                                on a temp file, drop_all + create_all around every test
+#                                (autouse); runs in its own venv ($FILTER_VENV, made here if
+#                                missing) with pytest-memdb installed from this repository
+#                                as a wheel, not editable: an editable install puts this
+#                                repository's own tests/ package on sys.path, and the
+#                                project's tests/ (no __init__.py) would import it instead.
+#
+# pytest-randomly (a test extra of this repository) is turned off (-p no:randomly): every
+# run, original and swapped, takes the suite's own order.
 #
 # Environment: WORK (scratch folder, default a new /tmp/memdb-dropin.XXXXXX), RUNS (3),
-# USERS_VENV (/tmp/dropin-venv), MAIN_PYTHON (/work/venv/bin/python if present, else python3).
+# USERS_VENV (/tmp/dropin-venv), FILTER_VENV (/tmp/dropin-filter-venv), MAIN_PYTHON
+# (/work/venv/bin/python if present, else python3).
 #
 # Usage: benchmarks/dropin/run_dropin.sh [fastapi-users-db-sqlalchemy] [sqlalchemy-crud-plus]
+#            [fastapi-sa-orm-filter]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,6 +44,7 @@ repo=$(cd "$here/../.." && pwd)
 runs=${RUNS:-3}
 work=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/memdb-dropin.XXXXXX")}
 users_venv=${USERS_VENV:-/tmp/dropin-venv}
+filter_venv=${FILTER_VENV:-/tmp/dropin-filter-venv}
 if [ -z "${MAIN_PYTHON:-}" ]; then
   if [ -x /work/venv/bin/python ]; then MAIN_PYTHON=/work/venv/bin/python; else MAIN_PYTHON=python3; fi
 fi
@@ -40,10 +53,11 @@ mkdir -p "$work"
 
 USERS_PKG=fastapi-users-db-sqlalchemy==7.0.0
 CRUD_PKG=sqlalchemy-crud-plus==1.13.3
+FILTER_PKG=fastapi-sa-orm-filter==0.2.5
 PYTEST_PINS=(pytest==9.2.0 pytest-asyncio==1.5.0 aiosqlite==0.22.1)
 
 projects=("$@")
-[ ${#projects[@]} -gt 0 ] || projects=(fastapi-users-db-sqlalchemy sqlalchemy-crud-plus)
+[ ${#projects[@]} -gt 0 ] || projects=(fastapi-users-db-sqlalchemy sqlalchemy-crud-plus fastapi-sa-orm-filter)
 
 status=0
 table=()
@@ -80,7 +94,7 @@ run_suite() {
     (
       cd "$dir"
       TIMEFORMAT=%R
-      { time "$py" -m pytest -p no:cacheprovider "$@" >"$rlog" 2>&1 || true; } 2>"$tfile"
+      { time "$py" -m pytest -p no:cacheprovider -p no:randomly "$@" >"$rlog" 2>&1 || true; } 2>"$tfile"
     )
     times+=("$(tail -n 1 "$tfile")")
     passed=$(tail -n 1 "$rlog" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
@@ -159,6 +173,26 @@ for project in "${projects[@]}"; do
 
       { echo; cat "$here/crud_plus_conftest_memdb.py"; } >>"$swap/tests/conftest.py"
       swap_and_compare "$project" "$swap" "$mpy" "$orig_passed" tests.models.basic:Base
+      ;;
+    fastapi-sa-orm-filter)
+      if [ ! -x "$filter_venv/bin/python" ]; then
+        log "making $filter_venv"
+        python3 -m venv "$filter_venv"
+      fi
+      fpy="$filter_venv/bin/python"
+      fetch "$FILTER_PKG" "$fpy"
+      log "installing $FILTER_PKG, pytest-memdb (a wheel of $repo) and test tools into $filter_venv"
+      # The first brings pytest-memdb's dependencies; the second this tree's code, always.
+      "$fpy" -m pip install --quiet "$repo" "$tarball" "${PYTEST_PINS[@]}" >&2
+      "$fpy" -m pip install --quiet --no-deps --force-reinstall "$repo" >&2
+
+      mode=original
+      run_suite "$project $mode" "$orig" "$fpy"
+      orig_passed=$last_passed
+      [ "$orig_passed" -gt 0 ] || { log "$project: the original suite passed nothing"; status=1; }
+
+      { echo; cat "$here/sa_orm_filter_conftest_memdb.py"; } >>"$swap/tests/conftest.py"
+      swap_and_compare "$project" "$swap" "$fpy" "$orig_passed" conftest:Base
       ;;
     *)
       echo "unknown project: $project" >&2
