@@ -33,7 +33,7 @@ SQLAlchemy loaded).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
 )
 from sqlalchemy.orm import scoped_session, sessionmaker
+from sqlalchemy.util import ScopedRegistry, ThreadLocalRegistry
 
 from pytest_memdb._loop import run_sync
 from pytest_memdb.errors import MemdbError
@@ -181,12 +182,12 @@ class Binder:
                 undo.append(("attribute", (parent, name), obj))
                 setattr(parent, name, ours)
             for session in scoped:
-                _clear(session)
+                _clear(session, track=True)
                 undo.append(("clear", session, None))
             for maker in makers:
                 _rebind(maker, handle, undo)
         elif isinstance(obj, (scoped_session, async_scoped_session)):
-            _clear(obj)
+            _clear(obj, track=True)
             undo.append(("clear", obj, None))
             _rebind(obj.session_factory, handle, undo)
         else:
@@ -269,19 +270,69 @@ def _ours(engine: Engine | AsyncEngine, handle: MemdbHandle) -> Engine | AsyncEn
     return handle.engine if isinstance(engine, AsyncEngine) else handle.sync_engine
 
 
-def _clear(scoped: Scoped) -> None:
-    """Close and forget every session the registry holds (made on the app's engine, or on
-    the test's). ``remove()`` alone would reach only the current scope: an
-    ``async_scoped_session`` keyed by the current task would find nothing from here."""
+class _Tracked:
+    """A scoped session's session factory while a test runs: the same factory, remembering
+    every session it made, in whatever thread or scope, so the test's end can close them
+    (a thread-local registry can be read only from its own thread)."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+        self.made: list[Any] = []
+
+    def __call__(self) -> Any:
+        session = self.factory()
+        self.made.append(session)  # list.append: atomic, from any thread
+        return session
+
+
+def _clear(scoped: Scoped, *, track: bool = False) -> None:
+    """Close every session the registry holds that can be reached, and give the scoped
+    session a fresh, empty registry of the same kind (the same scope function, the same
+    session factory): no thread, task or scope finds a session made before, on the app's
+    engine or on a test's. ``remove()`` alone reaches only the current scope: a thread-local
+    registry holds one session per thread (an app's long-lived worker thread keeps its own
+    from test to test), an ``async_scoped_session`` one per task.
+
+    ``track``: the new registry's factory remembers the sessions it makes (those of every
+    thread), for the next clear (the test's end) to close them.
+    """
     registry = scoped.registry
+    factory = registry.createfunc
+    held: list[Any] = []
+    if isinstance(factory, _Tracked):
+        held.extend(factory.made)
+        factory = factory.factory
+    made: Callable[[], Any] = _Tracked(factory) if track else factory
     sessions = getattr(registry, "registry", None)
-    if isinstance(sessions, dict):
-        held = list(sessions.values())
+    if type(registry) is ThreadLocalRegistry:
+        held.append(getattr(sessions, "value", None))  # this thread's; the others: tracked
+        scoped.registry = ThreadLocalRegistry(made)
+    elif type(registry) is ScopedRegistry and isinstance(sessions, dict):
+        held.extend(sessions.values())
+        scoped.registry = ScopedRegistry(made, registry.scopefunc)
+    elif isinstance(sessions, dict):  # a registry of the app's own kind: emptied in place
+        held.extend(sessions.values())
         sessions.clear()
-        for session in held:
+    else:
+        held.append(registry() if registry.has() else None)
+        registry.clear()
+    _close_all(held)
+
+
+def _close_all(sessions: list[Any]) -> None:
+    """Close each session once (every one, even when one of them raises)."""
+    seen: set[int] = set()
+    failure: BaseException | None = None
+    for session in sessions:
+        if session is None or id(session) in seen:
+            continue
+        seen.add(id(session))
+        try:
             if isinstance(session, AsyncSession):
                 run_sync(session.close())
             else:
                 session.close()
-    elif isinstance(scoped, scoped_session):
-        scoped.remove()  # thread-local: this thread's
+        except Exception as exc:  # the others are closed first
+            failure = failure or exc
+    if failure is not None:
+        raise failure

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy import Engine, orm
@@ -55,16 +56,36 @@ _RESTORE_WAIT_S = 1.0
 """How long putting a layer back waits for a lock another connection holds on it."""
 
 
+@dataclass(frozen=True)
+class Writer:
+    """One fixture that writes a layer: its name, where it is defined (a fixture overridden
+    under the same name, in a conftest or a module, is another one) and its parameter."""
+
+    name: str
+    where: str = ""
+    param: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.param is None else f"{self.name}[{self.param}]"
+
+
+Asked = Callable[[], tuple[Collection[Writer], Collection[Writer], str]]
+"""What a layer asks when it is laid: the fixtures the test being set up asked for, every
+fixture a live layer holds rows of, and the test's id."""
+
+
 class Base(Protocol):
     """What a layer is laid on: a template, or another layer."""
 
-    def template_for(self, asked: Collection[str], known: Collection[str], test: str) -> Template:
-        """What a test that asked for the fixtures ``asked`` starts from (``known``: every
-        fixture whose rows a live layer holds)."""
+    def template_for(
+        self, asked: Collection[Writer], known: Collection[Writer], test: str
+    ) -> tuple[Template, frozenset[Writer]]:
+        """What a test that asked for the fixtures ``asked`` starts from, and whose rows
+        that holds (``known``: every fixture whose rows a live layer holds)."""
 
     def root(self) -> Template: ...
 
-    def writers(self) -> frozenset[str]: ...
+    def writers(self) -> frozenset[Writer]: ...
 
 
 class Deferred:
@@ -74,15 +95,17 @@ class Deferred:
         self._find = find
         self._found: Template | None = None
 
-    def template_for(self, asked: Collection[str], known: Collection[str], test: str) -> Template:
-        return self.root()
+    def template_for(
+        self, asked: Collection[Writer], known: Collection[Writer], test: str
+    ) -> tuple[Template, frozenset[Writer]]:
+        return self.root(), frozenset()
 
     def root(self) -> Template:
         if self._found is None:
             self._found = self._find()
         return self._found
 
-    def writers(self) -> frozenset[str]:
+    def writers(self) -> frozenset[Writer]:
         return frozenset()
 
 
@@ -94,10 +117,9 @@ class MemdbLayer:
         parent: Base,
         scope: str,
         label: str,
-        asked: Callable[[], tuple[Collection[str], Collection[str], str]] = lambda: ((), (), ""),
+        asked: Asked = lambda: ((), (), ""),
     ) -> None:
-        """``asked``: the fixtures the test being set up asked for, every fixture a live
-        layer holds rows of, and the test's id (the layer is laid on what *it* asked for)."""
+        """``asked``: see :data:`Asked` (the layer is laid on what that test asked for)."""
         self.parent = parent
         self.scope = scope
         self.label = label
@@ -106,10 +128,10 @@ class MemdbLayer:
         self._engines: EnginePair | None = None
         self._handle: MemdbHandle | None = None
         self._laid_on: Template | None = None
-        self._base_writers: frozenset[str] = frozenset()
-        self._own: list[str] = []
+        self._base_writers: frozenset[Writer] = frozenset()
+        self._own: list[Writer] = []
         """The fixtures of this scope whose rows the layer holds, in the order they wrote."""
-        self._checkpoints: list[tuple[frozenset[str], Template]] = []
+        self._checkpoints: list[tuple[frozenset[Writer], Template]] = []
         """The layer frozen after each of its fixtures wrote: (whose rows, the template). A
         test starts from the one that holds exactly the fixtures it asked for."""
         self._expected: int | None = None
@@ -130,12 +152,11 @@ class MemdbLayer:
             if self._closed:
                 raise MemdbError(f"pytest-memdb: the {self.scope} layer was already torn down.")
             self._raise_if_broken()
-            base = self.parent.template_for(*self._asked())
+            base, self._base_writers = self.parent.template_for(*self._asked())
             name = unique_name(base.worker, self.label, f"{self.scope}-layer")
             database = base.database.copy(name)
             database.prepare_for_restores()  # put back by backups, never waiting
             self._database, self._laid_on = database, base
-            self._base_writers = self.parent.writers()
             self._expected = database.data_version()
             self._engines = EnginePair(database, echo=base.echo, pragmas=base.pragmas)
             self._handle = MemdbHandle(
@@ -192,14 +213,16 @@ class MemdbLayer:
         """The template under every layer of this stack (what ``memdb`` is built from)."""
         return self.parent.root()
 
-    def writers(self) -> frozenset[str]:
-        """The fixtures whose rows a test of this layer starts with (this layer's and those
-        of the layers under it, as they were when it was laid)."""
+    def writers(self) -> frozenset[Writer]:
+        """The fixtures whose rows the layer holds (its own and those of what it was laid
+        on)."""
         if self._laid_on is None:
             return self.parent.writers()
         return self._base_writers.union(self._own)
 
-    def template_for(self, asked: Collection[str], known: Collection[str], test: str) -> Template:
+    def template_for(
+        self, asked: Collection[Writer], known: Collection[Writer], test: str
+    ) -> tuple[Template, frozenset[Writer]]:
         """What a test that asked for the fixtures ``asked`` starts from: the checkpoint
         that holds the rows of exactly the layer fixtures it asked for (``known``: every
         fixture a live layer holds rows of). A fixture set up for an earlier test is in the
@@ -209,9 +232,9 @@ class MemdbLayer:
         self._raise_if_broken()
         if self._laid_on is None:
             return self.parent.template_for(asked, known, test)
-        wanted = frozenset(name for name in self._own if name in asked)
+        wanted = frozenset(writer for writer in self._own if writer in asked)
         found = self._laid_on
-        extra: list[str] = []
+        extra: list[Writer] = []
         for writers, frozen in self._checkpoints:
             if writers == wanted:
                 found = frozen
@@ -219,23 +242,24 @@ class MemdbLayer:
         else:
             if wanted:  # no checkpoint is exactly them: the first that holds them all
                 holding = next(w for w, _ in self._checkpoints if wanted <= w)
-                extra = sorted(holding - wanted)
-        extra += sorted(self._base_writers.difference(asked))
+                extra = list(holding - wanted)
+        extra += self._base_writers.difference(asked)
         held = self._base_writers.union(self._own)
-        missing = sorted(name for name in known if name in asked and name not in held)
+        missing = [writer for writer in known if writer in asked and writer not in held]
         self._refuse(test, extra, missing)
-        return found
+        return found, self._base_writers.union(wanted)
 
-    def _refuse(self, test: str, extra: list[str], missing: list[str]) -> None:
+    def _refuse(self, test: str, extra: list[Writer], missing: list[Writer]) -> None:
         if extra:
             raise MemdbError(
                 f"pytest-memdb: {test} asks for the {self.scope} layer ({self.fixture}), but "
                 f"every copy of it that holds the fixtures this test asks for also holds the "
-                f"rows of {_names(extra)}, which it does not ask for (they were set up earlier, "
-                "for another test): run alone, this test would not see them. A test starts "
-                "from exactly the layer fixtures it asks for. Ask for them too "
-                "(@pytest.mark.usefixtures), make them autouse in that scope, or have the "
-                "fixtures that need no other be set up first."
+                f"rows of {_names(extra)}, which it does not ask for: they were set up before "
+                "them, for earlier tests (a layer keeps its fixtures' rows in the order they "
+                "were set up). Run alone, this test would not see them: a test starts from "
+                "exactly the layer fixtures it asks for. Ask for them in this test "
+                "(@pytest.mark.usefixtures), have the fixtures it asks for ask for them, or "
+                "make them autouse in that scope.",
             )
         if missing:
             raise MemdbError(
@@ -260,7 +284,7 @@ class MemdbLayer:
         version = self._database.data_version()
         return version is None or version != self._expected
 
-    def checkpoint(self, writer: str) -> None:
+    def checkpoint(self, writer: Writer) -> None:
         """``writer`` (a fixture of this scope) wrote to the layer: freeze what it holds.
 
         Each checkpoint is a private copy (one backup, and memory for one more copy of the
@@ -286,6 +310,21 @@ class MemdbLayer:
         frozen = self._laid_on.derived(private, f"{self.label}-{self.scope}")
         self._checkpoints.append((frozenset(self._own), frozen))
         self._expected = self._database.data_version()
+
+    def finished(self, writer: Writer) -> None:
+        """``writer`` was torn down while the layer lives (a parametrized fixture moving to
+        its next parameter, a fixture overridden deeper in the tree): its rows leave the
+        layer, and so do those of the fixtures that wrote after it (they are reported as
+        missing to the tests that ask for them)."""
+        if writer not in self._own or self._database is None or self._laid_on is None:
+            return
+        at = self._own.index(writer)
+        gone = self._checkpoints[at:]
+        del self._checkpoints[at:]
+        del self._own[at:]
+        for _, frozen in gone:
+            run_sync(frozen.aclose())
+        self.put_back()
 
     def put_back(self) -> bool:
         """Undo every change since the last checkpoint; False (and the layer is broken from
@@ -327,8 +366,8 @@ class MemdbLayer:
                 database.close()
 
 
-def _names(fixtures: list[str]) -> str:
-    return ", ".join(fixtures)
+def _names(fixtures: list[Writer]) -> str:
+    return ", ".join(sorted({str(writer) for writer in fixtures}))
 
 
 class Layers:
@@ -351,9 +390,9 @@ class Layers:
     def __bool__(self) -> bool:
         return bool(self._live)
 
-    def writers(self) -> frozenset[str]:
+    def writers(self) -> frozenset[Writer]:
         """Every fixture whose rows a live layer holds."""
-        found: set[str] = set()
+        found: set[Writer] = set()
         for layer in self._live:
             found.update(layer.writers())
         return frozenset(found)
@@ -368,14 +407,14 @@ class Layers:
         return problems
 
     @contextlib.contextmanager
-    def fixture(self, name: str, scope: str) -> Iterator[list[str]]:
+    def fixture(self, writer: Writer, scope: str) -> Iterator[FixtureWatch]:
         """Around one fixture's set-up: a layer it wrote to is checkpointed when the fixture
-        is of the layer's scope and succeeded, else put back. Problems found are appended
-        to the list yielded (the caller raises them once the fixture's own outcome is
-        known)."""
-        problems = self.check("something before this fixture")
+        is of the layer's scope and succeeded, else put back. Problems found are added to
+        what is yielded (the caller raises them once the fixture's own outcome is known)."""
+        watch = FixtureWatch(self.check("something before this fixture"))
+        problems = watch.problems
         try:
-            yield problems
+            yield watch
         except BaseException:
             for layer in self._live:
                 if layer.laid and layer.broken is None and layer.changed():
@@ -386,14 +425,29 @@ class Layers:
                 continue
             if scope == layer.scope:
                 try:
-                    layer.checkpoint(name)
+                    layer.checkpoint(writer)
                 except MemdbError:
                     layer.put_back()
                     raise
+                watch.checkpointed = True
             else:
                 problems.append(
-                    _unexpected(layer, f"the {scope}-scoped fixture {name}", layer.put_back())
+                    _unexpected(layer, f"the {scope}-scoped fixture {writer}", layer.put_back())
                 )
+
+    def finished(self, writer: Writer) -> None:
+        """A fixture was torn down: its rows leave the layers that live on."""
+        for layer in self._live:
+            layer.finished(writer)
+
+
+@dataclass
+class FixtureWatch:
+    """What :meth:`Layers.fixture` found around one fixture's set-up."""
+
+    problems: list[str] = field(default_factory=list)
+    checkpointed: bool = False
+    """Whether the fixture wrote to a layer of its scope (its rows are in a checkpoint)."""
 
 
 def _unexpected(layer: MemdbLayer, who: str, put_back: bool) -> str:

@@ -22,12 +22,13 @@ from pytest_memdb.errors import MemdbError
 from pytest_memdb.options import add_options
 
 if TYPE_CHECKING:
+    from _pytest.fixtures import SubRequest
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import Session
 
     from pytest_memdb.factory_binding import FactoryBinding, FactoryModules
     from pytest_memdb.janitor import MemdbHandle
-    from pytest_memdb.layers import MemdbLayer
+    from pytest_memdb.layers import MemdbLayer, Writer
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
     from pytest_memdb.strict import StrictGuard
@@ -142,7 +143,7 @@ class LayerBoundaries:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(
-        self, fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+        self, fixturedef: pytest.FixtureDef[object], request: SubRequest
     ) -> Generator[None, object, object]:
         """Around the set-up of a scoped fixture (or one that asks for a layer): what it
         wrote to a layer of its own scope is checkpointed, anything else put back and
@@ -153,20 +154,74 @@ class LayerBoundaries:
         layer_names = _LAYER_NAMES.intersection(fixturedef.argnames)
         if fixturedef.scope == "function" and not layer_names:
             return (yield)
+        writer = _writer(fixturedef, request)
         try:
             with (
-                registry.layers.fixture(fixturedef.argname, fixturedef.scope) as problems,
+                registry.layers.fixture(writer, fixturedef.scope) as watch,
                 _factories_for_layer(request, layer_names),
             ):
                 result = yield
         except MemdbError as exc:
+            fixturedef.finish(request)  # set up again by the next test, not cached as good
             raise pytest.fail.Exception(str(exc), pytrace=False) from None
-        if problems:
-            raise pytest.fail.Exception("\n".join(problems), pytrace=False)
+        item = request.config.stash.get(current_item_key, None)
+        if watch.checkpointed and item is not None and item.stash.get(open_handles_key, []):
+            watch.problems.append(
+                f"pytest-memdb: the fixture {writer} wrote to a layer after the memdb of "
+                f"{item.nodeid} was made (asked for with request.getfixturevalue after "
+                "memdb): its rows are not in this test's database. Ask for it in the test's "
+                "signature, or from a fixture the test asks for."
+            )
+        if watch.problems:
+            fixturedef.finish(request)  # its rows were put back: set up again when asked
+            raise pytest.fail.Exception("\n".join(watch.problems), pytrace=False)
         return result
+
+    def pytest_fixture_post_finalizer(
+        self, fixturedef: pytest.FixtureDef[object], request: SubRequest
+    ) -> None:
+        """A fixture torn down while its layer lives (a parametrized one moving on to its
+        next parameter): its rows leave the layer."""
+        registry = request.config.stash.get(registry_key, None)
+        if registry is not None and registry.layers and fixturedef.scope != "function":
+            registry.layers.finished(_writer(fixturedef, request))
 
 
 _LAYER_NAMES = frozenset(LAYER_FIXTURES.values())
+
+
+def _writer(fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest) -> Writer:
+    """Which fixture this is, as layers tell them apart (name, definition, parameter)."""
+    from pytest_memdb.layers import Writer
+
+    param = getattr(request, "param_index", None) if fixturedef.params is not None else None
+    return Writer(fixturedef.argname, fixturedef.baseid, param)
+
+
+def _asked(item: pytest.Item, names: Collection[str] | None = None) -> frozenset[Writer]:
+    """The fixtures a test asked for (through its fixtures, or ``names``: those active now,
+    ``request.getfixturevalue`` ones too), as :func:`_writer` names them: for a name
+    overridden in a conftest or a module, the definitions actually used (the last, and each
+    one that asks for its own name, the one before it)."""
+    from pytest_memdb.layers import Writer
+
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = getattr(info, "name2fixturedefs", {})
+    manager = getattr(item.session, "_fixturemanager", None)
+    indices = getattr(getattr(item, "callspec", None), "indices", {})
+    found = set()
+    for name in getattr(item, "fixturenames", ()) if names is None else names:
+        known = definitions.get(name)
+        if known is None and manager is not None:  # asked for with getfixturevalue
+            known = manager.getfixturedefs(name, item)
+        chain = list(known or ())
+        while chain:
+            used = chain.pop()
+            param = indices.get(name) if used.params is not None else None
+            found.add(Writer(name, used.baseid, param))
+            if name not in used.argnames:
+                break
+    return frozenset(found)
 
 
 @contextlib.contextmanager
@@ -267,7 +322,10 @@ def open_database(
         with guard.paused() if guard is not None else contextlib.nullcontext():
             # a build (migrations, seeds) may open others
             handle = registry.open(
-                wanted, layer, asked=request.fixturenames, test=request.node.nodeid
+                wanted,
+                layer,
+                asked=_asked(request.node, request.fixturenames),
+                test=request.node.nodeid,
             )
     except MemdbError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
@@ -316,9 +374,11 @@ def open_layer(request: pytest.FixtureRequest, scope: str) -> Iterator[MemdbLaye
     if not plugins.has_plugin(LayerBoundaries.name):
         plugins.register(LayerBoundaries(), LayerBoundaries.name)
 
-    def laying() -> tuple[Collection[str], str]:  # asked at the layer's first use
+    def laying() -> tuple[Collection[Writer], str]:  # asked at the layer's first use
         now = request.config.stash.get(current_item_key, None)
-        return tuple(getattr(now, "fixturenames", ())), getattr(now, "nodeid", "a test")
+        if now is None:
+            return (), "a test"
+        return _asked(now), now.nodeid
 
     try:
         layer = registry.layer(

@@ -15,7 +15,7 @@ from pytest_memdb.config import LAYER_FIXTURES, MemdbConfig, Target
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.importing import import_metadata
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.layers import Deferred, Layers, MemdbLayer
+from pytest_memdb.layers import Deferred, Layers, MemdbLayer, Writer
 from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, unique_name
 from pytest_memdb.sessions import SessionClasses, session_classes
@@ -52,7 +52,7 @@ class MemdbRegistry:
         target: Target,
         layer: MemdbLayer | None = None,
         *,
-        asked: Collection[str] = (),
+        asked: Collection[Writer] = (),
         test: str = "this test",
     ) -> MemdbHandle:
         """This test's database, isolated as ``target.isolation`` says: a copy of the
@@ -68,7 +68,7 @@ class MemdbRegistry:
                     "have). Put the marker where the layer fixture's scope is (pytestmark, "
                     "the class), or leave the layer fixture out of this test."
                 )
-            template = layer.template_for(asked, self.layers.writers(), test)
+            template, _ = layer.template_for(asked, self.layers.writers(), test)
         return template.open(target.isolation)
 
     def layer(
@@ -77,7 +77,7 @@ class MemdbRegistry:
         scope: str,
         label: str,
         parent: MemdbLayer | None,
-        asked: Callable[[], tuple[Collection[str], str]] = lambda: ((), ""),
+        asked: Callable[[], tuple[Collection[Writer], str]] = lambda: ((), ""),
     ) -> MemdbLayer:
         """A new layer for one scope, on ``parent`` when that is laid on the same template.
 
@@ -86,7 +86,7 @@ class MemdbRegistry:
         """
         base = Deferred(lambda: self.template(target()))
 
-        def laying() -> tuple[Collection[str], Collection[str], str]:
+        def laying() -> tuple[Collection[Writer], Collection[Writer], str]:
             names, test = asked()
             return names, self.layers.writers(), test
 

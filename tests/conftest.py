@@ -18,8 +18,10 @@ def app_db(pytester: pytest.Pytester) -> Path:
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester, with pytest-randomly (installed for the tests that run under it) off in the
-    inner runs unless a test turns it on: most inner suites check what test 2 sees after
-    test 1. pytester clears ``PYTEST_ADDOPTS`` when it is made, so it is set after."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    """pytester, with pytest-randomly and pytest-rerunfailures (installed for the tests that
+    run under them) off in the inner runs unless a test turns them on: most inner suites
+    check what test 2 sees after test 1, and rerunfailures starts a server thread that the
+    thread checks would count. pytester clears ``PYTEST_ADDOPTS`` when it is made, so it is
+    set after."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly -p no:rerunfailures")
     return pytester

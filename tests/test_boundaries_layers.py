@@ -368,3 +368,133 @@ def test_a_factory_in_a_module_layer_fixture_writes_through_the_layer(
     )
     result = _run(pytester, monkeypatch)
     result.assert_outcomes(passed=4)
+
+
+# --- found by a hostile pass on the fixed code --------------------------------------------
+
+PARAMETRIZED = """
+    import pytest
+
+    from common import BASE, add, names_sync
+
+
+    @pytest.fixture(scope="module", params=["one", "two"])
+    def who(request, memdb_module):
+        add(memdb_module, request.param)
+        return request.param
+
+
+    def test_sees_only_its_param(memdb, memdb_sync_session, who):
+        if memdb.isolation != "session":
+            assert names_sync(memdb_sync_session) == [*BASE, who]
+"""
+
+OVERRIDDEN = {
+    "conftest": """
+    import pytest
+
+    from common import add
+
+
+    @pytest.fixture(scope="module")
+    def users(memdb_module):
+        add(memdb_module, "alice")
+    """,
+    "test_override": """
+    import pytest
+
+    from common import BASE, add, names_sync
+
+
+    @pytest.fixture(scope="module")
+    def users(users, memdb_module):  # extends the conftest's fixture of the same name
+        add(memdb_module, "bob")
+
+
+    def test_both(memdb, memdb_sync_session, users):
+        if memdb.isolation != "session":
+            assert names_sync(memdb_sync_session) == [*BASE, "alice", "bob"]
+    """,
+}
+
+LATE_REQUEST = """
+    import pytest
+
+    from common import BASE, add, names_sync
+
+
+    @pytest.fixture(scope="module")
+    def alice(memdb_module):
+        add(memdb_module, "alice")
+
+
+    def test_1_asks_after_memdb(memdb_sync_session, request):
+        request.getfixturevalue("alice")
+
+
+    def test_2_asks_for_it(memdb, memdb_sync_session, alice):
+        if memdb.isolation != "session":
+            assert names_sync(memdb_sync_session) == [*BASE, "alice"]
+"""
+
+PACKAGE_SCOPED = """
+    import pytest
+
+    from common import add
+
+
+    @pytest.fixture(scope="package")
+    def package_rows(memdb_suite):
+        add(memdb_suite, "pkg")
+
+
+    def test_1(memdb, package_rows):
+        pass
+
+
+    def test_2(memdb, package_rows):
+        pass
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_a_parametrized_layer_fixture_gives_each_param_its_own_rows(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    """Each parameter's rows, and only those: the earlier parameter's leave the layer when
+    pytest tears it down (its rows were in the later one's, or the later one got the
+    earlier one's checkpoint)."""
+    _project(pytester, isolation, test_param=PARAMETRIZED)
+    result = _run(pytester, monkeypatch)
+    result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_a_layer_fixture_extending_one_of_the_same_name_keeps_both_rows(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    _project(pytester, isolation, **OVERRIDDEN)
+    result = _run(pytester, monkeypatch)
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_a_layer_fixture_asked_for_after_memdb_is_an_error_not_missing_rows(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    _project(pytester, isolation, test_late=LATE_REQUEST)
+    result = _run(pytester, monkeypatch)
+    assert failed(result, "test_1_asks_after_memdb"), tail(result)
+    assert plugin_error_lines(result, "alice", "getfixturevalue"), tail(result)
+    assert passed_cleanly(result, "test_2_asks_for_it"), tail(result)
+
+
+def test_a_package_fixture_writing_the_suite_layer_errors_in_every_test_that_uses_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not once and then silently without its rows: it is set up again, and fails again."""
+    _project(pytester, "copy", test_pkg=PACKAGE_SCOPED)
+    result = _run(pytester, monkeypatch)
+    assert failed(result, "test_1"), tail(result)
+    assert failed(result, "test_2"), tail(result)
+    assert len(plugin_error_lines(result, "package-scoped fixture package_rows")) >= 2
