@@ -11,7 +11,10 @@ runs after a failure, a skip, a timeout and Ctrl-C too):
   and every engine in ``binds``), so every module that imported the object sees it; their
   previous configuration is put back afterwards;
 * ``scoped_session``, ``async_scoped_session``: their session factory, the same way; the
-  session the registry may hold (made on the app's engine) is removed before and after;
+  registry is replaced by an empty one of the same kind (same scope function) before and
+  after, so no thread, task or scope keeps a session from before (an app's long-lived
+  worker thread included), and the sessions made during the test, in any thread, are closed
+  at its end;
 * ``Engine``, ``AsyncEngine``: an engine object cannot be re-pointed (its pool, dialect and
   listeners belong to the app's database), so every *module global* that refers to it, in
   every module loaded (``from app.db import engine`` copies included), is replaced by the
@@ -270,19 +273,26 @@ def _ours(engine: Engine | AsyncEngine, handle: MemdbHandle) -> Engine | AsyncEn
     return handle.engine if isinstance(engine, AsyncEngine) else handle.sync_engine
 
 
-class _Tracked:
-    """A scoped session's session factory while a test runs: the same factory, remembering
-    every session it made, in whatever thread or scope, so the test's end can close them
-    (a thread-local registry can be read only from its own thread)."""
+class _Tracking(ThreadLocalRegistry[Any]):
+    """A scoped session's thread-local registry while a test runs: the same, remembering
+    every session any thread put in it, for the test's end to close them (a
+    ``threading.local`` can be read only from its own thread)."""
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self.factory = factory
+    def __init__(self, createfunc: Callable[[], Any]) -> None:
+        super().__init__(createfunc)
         self.made: list[Any] = []
 
     def __call__(self) -> Any:
-        session = self.factory()
-        self.made.append(session)  # list.append: atomic, from any thread
-        return session
+        try:
+            return self.registry.value
+        except AttributeError:
+            value = self.registry.value = self.createfunc()
+            self.made.append(value)  # list.append: atomic, from any thread
+            return value
+
+    def set(self, obj: Any) -> None:  # scoped_session(bind=...): a session made with options
+        self.registry.value = obj
+        self.made.append(obj)
 
 
 def _clear(scoped: Scoped, *, track: bool = False) -> None:
@@ -291,27 +301,25 @@ def _clear(scoped: Scoped, *, track: bool = False) -> None:
     session factory): no thread, task or scope finds a session made before, on the app's
     engine or on a test's. ``remove()`` alone reaches only the current scope: a thread-local
     registry holds one session per thread (an app's long-lived worker thread keeps its own
-    from test to test), an ``async_scoped_session`` one per task.
+    from test to test, and only that thread can see it), an ``async_scoped_session`` one per
+    task.
 
-    ``track``: the new registry's factory remembers the sessions it makes (those of every
-    thread), for the next clear (the test's end) to close them.
+    ``track``: a new thread-local registry remembers the sessions every thread makes in it,
+    for the next clear (the test's end) to close them.
     """
     registry = scoped.registry
-    factory = registry.createfunc
-    held: list[Any] = []
-    if isinstance(factory, _Tracked):
-        held.extend(factory.made)
-        factory = factory.factory
-    made: Callable[[], Any] = _Tracked(factory) if track else factory
     sessions = getattr(registry, "registry", None)
-    if type(registry) is ThreadLocalRegistry:
-        held.append(getattr(sessions, "value", None))  # this thread's; the others: tracked
-        scoped.registry = ThreadLocalRegistry(made)
+    held: list[Any] = []
+    if type(registry) in (ThreadLocalRegistry, _Tracking):
+        held.extend(getattr(registry, "made", ()))
+        held.append(getattr(sessions, "value", None))  # this thread's (the others: tracked)
+        kind = _Tracking if track else ThreadLocalRegistry
+        scoped.registry = kind(registry.createfunc)
     elif type(registry) is ScopedRegistry and isinstance(sessions, dict):
-        held.extend(sessions.values())
-        scoped.registry = ScopedRegistry(made, registry.scopefunc)
+        held.extend(list(sessions.values()))
+        scoped.registry = ScopedRegistry(registry.createfunc, registry.scopefunc)
     elif isinstance(sessions, dict):  # a registry of the app's own kind: emptied in place
-        held.extend(sessions.values())
+        held.extend(list(sessions.values()))
         sessions.clear()
     else:
         held.append(registry() if registry.has() else None)

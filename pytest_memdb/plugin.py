@@ -386,9 +386,15 @@ def open_layer(request: pytest.FixtureRequest, scope: str) -> Iterator[MemdbLaye
         )
     except MemdbError as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    guard = request.config.stash.get(strict_key, None)
+    forget: Callable[[], None] | None = None
+    if guard is not None:  # the layer's database is the plugin's own: its fixtures use its URL
+        forget = guard.allow_for_run(lambda: (layer.name,) if layer.laid else ())
     try:
         yield layer
     finally:
+        if forget is not None:
+            forget()
         registry.close_layer(layer)
 
 

@@ -53,10 +53,11 @@ def run(work):
 WARM = run(db)
 
 
-def stage(name):
+def stage(name, **options):
     def work():
-        db().add(Author(name=name))
-        return db()
+        session = db(**options)  # with options: a session made and put in the registry
+        session.add(Author(name=name))
+        return session
 
     return run(work)
 
@@ -83,15 +84,19 @@ def test_1_leaves_a_pending_object_in_the_worker_session(memdb):
     assert STAGED[0] is not db.WARM  # the session made before the test is not used in it
 
 
-def test_2_the_worker_starts_afresh(memdb_sync_session):
-    assert not STAGED[0].new  # test 1's session was closed: its pending object is gone
-    db.add_and_commit("test-2")
-    assert sorted(memdb_sync_session.scalars(select(Author.name))) == ["test-2"]
+def test_2_leaves_one_in_a_session_made_with_options(memdb):
+    STAGED.append(db.stage("left-by-test-2", info={"made": "with options"}))
 
 
-def test_3_and_again(memdb_sync_session):
+def test_3_the_worker_starts_afresh(memdb_sync_session):
+    assert [len(session.new) for session in STAGED] == [0, 0]  # closed: nothing pending
     db.add_and_commit("test-3")
     assert sorted(memdb_sync_session.scalars(select(Author.name))) == ["test-3"]
+
+
+def test_4_and_again(memdb_sync_session):
+    db.add_and_commit("test-4")
+    assert sorted(memdb_sync_session.scalars(select(Author.name))) == ["test-4"]
 """
 
 CONFTEST = """
@@ -145,7 +150,7 @@ def test_a_worker_threads_scoped_session_does_not_outlive_the_test(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body)
     result = pytester.runpytest("-p", "no:cacheprovider", "-s")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     kind = "ScopedRegistry" if scopefunc else "ThreadLocalRegistry"
     # Put back as it was: a registry of the same kind, on the app's sessionmaker and scope
     # function, holding no session of any thread, whose sessions use the app's engine again.

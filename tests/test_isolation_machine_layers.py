@@ -975,6 +975,8 @@ class LayerMachine(IsolationMachine):
         ]
         if via != "handle":
             self.own_touched = True
+        elif self.mode == "rollback":  # BEGIN ... ROLLBACK as text on the shared connection
+            self.escape_possible = True
         with bounded(where):
             if via == "handle":
                 with handle.sync_engine.connect() as conn:
@@ -1082,7 +1084,6 @@ class LayerMachine(IsolationMachine):
         gate, done = threading.Event(), threading.Event()
         work = Outliver(self.test_no, kind, gate, done)
         sql = f"INSERT INTO user (name) VALUES ('late{n}')"
-        uri = handle.database.sqlite_uri
         if kind == "thread":
             sync_maker = handle.sync_sessionmaker
 
@@ -1090,17 +1091,9 @@ class LayerMachine(IsolationMachine):
                 try:
                     if not gate.wait(WAIT_S * 4) or getattr(work, "cancelled", False):
                         return
-                    if via == "sessionmaker":
-                        with sync_maker() as session:
-                            session.execute(text(sql))
-                            session.commit()
-                    else:
-                        conn = sqlite3.connect(uri, uri=True, timeout=OWN_TIMEOUT_S)
-                        try:
-                            conn.execute(sql)
-                            conn.commit()
-                        finally:
-                            conn.close()
+                    with sync_maker() as session:
+                        session.execute(text(sql))
+                        session.commit()
                 except Exception:
                     pass
                 finally:
@@ -1116,17 +1109,9 @@ class LayerMachine(IsolationMachine):
                         await asyncio.sleep(0.001)
                     if getattr(work, "cancelled", False):
                         return
-                    if via == "sessionmaker":
-                        async with maker() as session:
-                            await session.execute(text(sql))
-                            await session.commit()
-                    else:
-                        conn = sqlite3.connect(uri, uri=True, timeout=OWN_TIMEOUT_S)
-                        try:
-                            conn.execute(sql)
-                            conn.commit()
-                        finally:
-                            conn.close()
+                    async with maker() as session:
+                        await session.execute(text(sql))
+                        await session.commit()
                 except Exception:
                     pass
                 finally:
