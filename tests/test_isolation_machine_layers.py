@@ -210,13 +210,16 @@ def open_test(registry: MemdbRegistry, target: Target, layer: MemdbLayer | None)
 
 
 def end_test(opened: OpenTest) -> None:
-    """The ``memdb`` fixture's teardown, then the boundary check at the end of the test."""
+    """The ``memdb`` fixture's teardown, then the boundary check at the end of the test
+    (pytest reports both; here the teardown's own error comes first)."""
     try:
         opened.handle.close()
-    finally:
-        problems = opened.registry.layers.check("the test")
-        if problems:
-            raise MemdbError("\n".join(problems))
+    except BaseException:
+        opened.registry.layers.check("the test")  # the layers are put back all the same
+        raise
+    problems = opened.registry.layers.check("the test")
+    if problems:
+        raise MemdbError("\n".join(problems))
 
 
 # --- what the steps use ---------------------------------------------------------------
