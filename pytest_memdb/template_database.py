@@ -162,7 +162,7 @@ class Template:
             working.engines.close_leftovers()
             escape = strategy.end(working)
             doubt = working.needs_settling(engines)  # state left: it may have written, too
-            working.settle_if_needed(engines, keep_engines=keep_engines)
+            working.settle_if_needed(engines, keep_engines=keep_engines, needed=doubt)
             equal = not restore or working.make_equal(
                 after_test=True, force=not strategy.restores, doubt=doubt
             )

@@ -151,8 +151,12 @@ class WorkingDatabase:
                 shared, self._shared = self._shared, None
                 await shared.aclose()
 
-    def settle_if_needed(self, source: object, *, keep_engines: bool = False) -> None:
-        if self.needs_settling(source):
+    def settle_if_needed(
+        self, source: object, *, keep_engines: bool = False, needed: bool | None = None
+    ) -> None:
+        """``needed``: what :meth:`needs_settling` answered, when the caller asked already
+        (comparing the listeners costs 20 us an engine pair)."""
+        if self.needs_settling(source) if needed is None else needed:
             run_sync(self.settle(source, keep_engines=keep_engines))
         self.last_handed = source
 
