@@ -9,6 +9,7 @@ frozen data is a template too.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from pytest_memdb._loop import run_sync
@@ -129,9 +130,14 @@ class Template:
         """``memdb.reset()``: the way out of a test, then the way in again, on the same
         working database made equal to the template (in ``session`` mode too: a reset asks
         for it). One Hypothesis example after another, each from the template."""
-        escape, restored = self._wind_down(
-            strategy, working, engines, restore=True, keep_engines=True
-        )
+        try:
+            escape, restored = self._wind_down(
+                strategy, working, engines, restore=True, keep_engines=True
+            )
+        except BaseException:  # a restore stopped half-way (a timeout): teardown redoes it,
+            with contextlib.suppress(Exception):  # and ends the test's transaction, which
+                strategy.begin(working)  # must then be there (rollback mode)
+            raise
         restarted = strategy.begin(working)  # begun again in any case: teardown ends it
         if not restored:
             raise MemdbError(

@@ -1386,6 +1386,10 @@ def test_every_test_starts_from_its_layers(tmp_path: Path, monkeypatch: pytest.M
                 print_blob=True,
                 report_multiple_bugs=MULTIPLE,
                 suppress_health_check=list(HealthCheck),
+                # CI runs the same examples every time (a new seed per run found two model
+                # errors and one plugin bug this week: explore with the long runs instead).
+                derandomize=bool(os.environ.get("CI"))
+                and "MEMDB_LAYER_MACHINE_EXAMPLES" not in os.environ,
             ),
         )
     finally:
