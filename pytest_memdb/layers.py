@@ -276,6 +276,11 @@ class MemdbLayer:
     def laid(self) -> bool:
         return self._database is not None
 
+    def unexpected(self) -> bool:
+        """Whether the layer changed since its checkpoint and can still be put back (a
+        broken one was reported already; one not laid yet holds nothing)."""
+        return self.laid and self.broken is None and self.changed()
+
     def changed(self) -> bool:
         """Whether anything committed to the layer since its last checkpoint (or holds a
         write open on it: that counts as a change)."""
@@ -402,7 +407,7 @@ class Layers:
         (``who``: what ran since the last check, as the message will name it)."""
         problems = []
         for layer in self._live:
-            if layer.laid and layer.broken is None and layer.changed():
+            if layer.unexpected():
                 problems.append(_unexpected(layer, who, layer.put_back()))
         return problems
 
@@ -417,11 +422,11 @@ class Layers:
             yield watch
         except BaseException:
             for layer in self._live:
-                if layer.laid and layer.broken is None and layer.changed():
+                if layer.unexpected():
                     layer.put_back()  # a fixture that raised: none of its rows stay
             raise
         for layer in self._live:
-            if not (layer.laid and layer.broken is None and layer.changed()):
+            if not layer.unexpected():
                 continue
             if scope == layer.scope:
                 try:

@@ -15,7 +15,7 @@ from pytest_memdb.config import LAYER_FIXTURES, MemdbConfig, Target
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.importing import import_metadata
 from pytest_memdb.janitor import MemdbHandle
-from pytest_memdb.layers import Deferred, Layers, MemdbLayer, Writer
+from pytest_memdb.layers import Base, Deferred, Layers, MemdbLayer, Writer
 from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, unique_name
 from pytest_memdb.sessions import SessionClasses, session_classes
@@ -90,14 +90,14 @@ class MemdbRegistry:
             names, test = asked()
             return names, self.layers.writers(), test
 
-        made = MemdbLayer(base, scope, label, laying)
+        laid_on: Base = base
         if parent is not None:
             try:
-                same = parent.root() is base.root()
+                if parent.root() is base.root():
+                    laid_on = parent
             except MemdbError:  # the wider layer has no template of its own: not this one's
-                same = False
-            if same:
-                made = MemdbLayer(parent, scope, label, laying)
+                pass
+        made = MemdbLayer(laid_on, scope, label, laying)
         self.layers.add(made)
         return made
 
