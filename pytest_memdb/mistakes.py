@@ -10,8 +10,8 @@ something else, and explained (the texts are in :mod:`pytest_memdb.messages`).
 * A fixture of a wider scope that asks for a function-scoped memdb fixture
   (``memdb_session`` in a session fixture): pytest's bare ``ScopeMismatch`` at the set-up
   of the tests that need it. When a test's set-up fails so, the fixtures' definitions say
-  whether it is that (:func:`scope_mismatch`), and the error points at the layer of the
-  fixture's scope instead (:class:`ScopeMismatches`, registered for runs that use memdb).
+  whether it is that (:func:`explain_scope_mismatch`), and the test's report shows an
+  error that points at the layer of the fixture's scope instead.
 * A test on anyio's trio backend: aiosqlite runs on asyncio only, and the first query
   fails with "There is no current event loop". Checked when a memdb database is set up
   for a test that has ``anyio_backend`` (:func:`anyio_backend_problem`).
@@ -98,44 +98,21 @@ class AsyncTestsNotRun:
             raise pytest.fail.Exception(message, pytrace=False) from None
 
 
-class ScopeMismatches:
-    """Registered when the run has tests that use memdb: pytest's ``ScopeMismatch`` at the
-    set-up of one of them is explained when a fixture of a wider scope asks for a memdb
-    fixture. Looked at only when that set-up failed (checking every test at collection
-    cost about 20 us a test)."""
-
-    name = "memdb-scope-mismatches"
-
-    def __init__(self) -> None:
-        self._seen: dict[int, str | None] = {}
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
-        try:
-            return (yield)
-        except pytest.fail.Exception as exc:
-            if not str(exc.msg).startswith(PYTEST_SCOPE_MISMATCH):
-                raise
-            problem = scope_mismatch(item, self._seen)
-            if problem is None:  # a fixture asked with getfixturevalue, or not memdb's
-                raise
-            raise pytest.fail.Exception(problem, pytrace=False) from None
+def explain_scope_mismatch(item: pytest.Item, error: BaseException) -> str | None:
+    """The explanation of ``error``, the failure of ``item``'s set-up, when it is pytest's
+    ``ScopeMismatch`` on a memdb fixture (None for anything else). Looked at only when a
+    set-up failed: checking every test at collection cost about 20 us a test."""
+    if not isinstance(error, pytest.fail.Exception):
+        return None
+    if not str(error.msg).startswith(PYTEST_SCOPE_MISMATCH):
+        return None
+    return scope_mismatch(item)
 
 
-def uses_memdb(item: pytest.Item) -> bool:
-    """Whether ``item`` uses ``memdb`` (every function-scoped memdb fixture does) or a layer:
-    a scope mismatch on a memdb fixture can only be in such a test. A few list lookups."""
-    names = getattr(item, "fixturenames", ())
-    return any(name in names for name in _MEMDB_ROOTS)
-
-
-_MEMDB_ROOTS = ("memdb", *LAYER_FIXTURES.values())
-
-
-def scope_mismatch(item: pytest.Item, seen: dict[int, str | None]) -> str | None:
+def scope_mismatch(item: pytest.Item) -> str | None:
     """What is wrong when a fixture ``item`` needs is of a wider scope than a memdb fixture
-    it asks for (None when nothing is); ``seen``: the answers for the fixtures checked
-    already, so each fixture is checked once."""
+    it asks for (None when nothing is): a fixture asked for with ``getfixturevalue`` is not
+    seen."""
     definitions = _definitions(item)
     for name in getattr(item, "fixturenames", ()):
         chain = definitions.get(name)
@@ -144,11 +121,9 @@ def scope_mismatch(item: pytest.Item, seen: dict[int, str | None]) -> str | None
         fixturedef = chain[-1]
         if fixturedef.scope == "function" or _is_memdb(fixturedef):
             continue
-        key = id(fixturedef)
-        if key not in seen:
-            seen[key] = _asks_narrower(fixturedef, definitions)
-        if seen[key] is not None:
-            return seen[key]
+        problem = _asks_narrower(fixturedef, definitions)
+        if problem is not None:
+            return problem
     return None
 
 

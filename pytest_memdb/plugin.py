@@ -273,6 +273,8 @@ def _strict_guard(config: pytest.Config) -> StrictGuard:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    if call.when == "setup" and call.excinfo is not None:
+        _explain_setup_failure(item, call)
     report = yield
     settings = item.config.stash.get(settings_key, None)
     if settings is not None and settings.keep_failed is not None and report.failed:
@@ -283,6 +285,18 @@ def pytest_runtest_makereport(
         if lines:
             report.sections.append(("pytest-memdb: database kept", "\n".join(lines)))
     return report
+
+
+def _explain_setup_failure(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """pytest's ``ScopeMismatch`` on a memdb fixture, reported as an explanation instead
+    (:func:`pytest_memdb.mistakes.explain_scope_mismatch`)."""
+    assert call.excinfo is not None
+    problem = mistakes.explain_scope_mismatch(item, call.excinfo.value)
+    if problem is not None:
+        explained = pytest.fail.Exception(problem, pytrace=False)
+        call.excinfo = pytest.ExceptionInfo.from_exception(
+            explained.with_traceback(call.excinfo.tb)
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -485,12 +499,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _find_mistakes(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Watch for the mistakes of :mod:`pytest_memdb.mistakes` in a run that uses memdb: async
-    tests no plugin runs, fixtures of a wider scope that ask for a memdb fixture."""
+    """Async tests that use memdb and that no plugin runs (:mod:`pytest_memdb.mistakes`): their
+    failure says what to set."""
     unrun: dict[str, list[str]] = {}
-    uses_memdb = False
     for item in items:
-        uses_memdb = uses_memdb or mistakes.uses_memdb(item)
         if mistakes.unrun_async(item):
             fixtures = mistakes.memdb_fixtures(item)
             if fixtures:
@@ -498,8 +510,6 @@ def _find_mistakes(config: pytest.Config, items: list[pytest.Item]) -> None:
     plugins = config.pluginmanager
     if unrun and not plugins.has_plugin(mistakes.AsyncTestsNotRun.name):
         plugins.register(mistakes.AsyncTestsNotRun(unrun), mistakes.AsyncTestsNotRun.name)
-    if uses_memdb and not plugins.has_plugin(mistakes.ScopeMismatches.name):
-        plugins.register(mistakes.ScopeMismatches(), mistakes.ScopeMismatches.name)
 
 
 def _first_function_scoped(item: pytest.Item, names: list[str]) -> int:
