@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 import pytest
 
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.messages import BAD_VALUE, NO_SOURCE
 from pytest_memdb.pragmas import Pragmas, parse_pragmas
 
 Isolation = Literal["copy", "rollback", "session"]
@@ -26,16 +27,6 @@ RESTORE_WAYS: tuple[Restore, ...] = ("auto", "pages", "backup")
 MARKER_ARGS = ("file", "metadata", "load", "isolation", "bind", "alembic")
 DEFAULT_FIXTURE = "memdb"
 
-HOW_TO_SET_SOURCE = (
-    "Set one in your ini file:\n"
-    "    [pytest]\n"
-    "    memdb_file = tests/data/app.sqlite\n"
-    "    memdb_metadata = myapp.models:Base\n"
-    "    memdb_alembic = alembic.ini\n"
-    "or on the command line: pytest --memdb-file tests/data/app.sqlite "
-    "(or --memdb-metadata myapp.models:Base)\n"
-    "or for one test: @pytest.mark.memdb(file='tests/data/app.sqlite')"
-)
 INI_OPTIONS = (
     "memdb_file",
     "memdb_metadata",
@@ -283,11 +274,7 @@ class MemdbConfig:
             bind_origin = "@pytest.mark.memdb(bind=...)"
             bind = parse_bind(kwargs["bind"], bind_origin)
         if file is None and metadata is None and alembic is None and not load:
-            raise MemdbError(
-                "pytest-memdb: no SQLite fixture file, metadata or migrations are configured "
-                "(ini options memdb_file, memdb_metadata, memdb_alembic; command line "
-                "--memdb-file, --memdb-metadata).\n" + HOW_TO_SET_SOURCE
-            )
+            raise MemdbError(NO_SOURCE())
         return Target(
             file,
             file_origin,
@@ -343,9 +330,7 @@ def parse_isolation(value: object, origin: str) -> Isolation:
     """Check an isolation name, listing the allowed ones when it is wrong."""
     if isinstance(value, str) and value.strip().lower() in ISOLATION_MODES:
         return cast(Isolation, value.strip().lower())
-    raise MemdbError(
-        f"pytest-memdb: {origin} got {value!r}; allowed values: {', '.join(ISOLATION_MODES)}."
-    )
+    raise MemdbError(BAD_VALUE(origin=origin, value=value, allowed=", ".join(ISOLATION_MODES)))
 
 
 def parse_restore(value: str, origin: str) -> Restore:
@@ -353,9 +338,7 @@ def parse_restore(value: str, origin: str) -> Restore:
     made is an error that says why, rather than a quiet backup."""
     way = value.strip().lower()
     if way not in RESTORE_WAYS:
-        raise MemdbError(
-            f"pytest-memdb: {origin} got {value!r}; allowed values: {', '.join(RESTORE_WAYS)}."
-        )
+        raise MemdbError(BAD_VALUE(origin=origin, value=value, allowed=", ".join(RESTORE_WAYS)))
     if way == "pages":
         from pytest_memdb import pages
 

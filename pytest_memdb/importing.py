@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import MetaData
 
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.messages import IMPORT_FAILED
 
 
 def import_object(dotted: str, origin: str, base_dir: Path) -> Any:
@@ -59,8 +60,13 @@ def import_module(
         raise
     except Exception as exc:
         raise MemdbError(
-            f"pytest-memdb: {origin} {dotted!r}: importing module {module_name!r} (from "
-            f"{folder}) failed: {type(exc).__name__}: {exc}"
+            IMPORT_FAILED(
+                origin=origin,
+                dotted=dotted,
+                module=module_name,
+                folder=folder,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         ) from exc
     finally:
         if added and folder in sys.path:

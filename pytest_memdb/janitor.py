@@ -18,6 +18,7 @@ from pytest_memdb.dumps import save_committed, save_connection_view
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.isolation import EngineSource
 from pytest_memdb.memory import MemoryDatabase
+from pytest_memdb.messages import TEST_ENDED
 from pytest_memdb.queries import QueryCounter
 from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers
 
@@ -247,16 +248,11 @@ class MemdbHandle:
         return f"<MemdbHandle {self.name} isolation={self.isolation} source={str(self.source)!r}>"
 
 
-ENDED = (
-    "pytest-memdb: this session or sessionmaker was handed to a test that has ended; its "
-    "database is another test's now. Work a test starts (an asyncio task, a thread, a "
-    "background task) must finish before the test returns: await or join it in the test."
-)
 _ended: list[tuple[AsyncEngine, Engine]] = []
 
 
 def _refuse(engine: Engine) -> None:
-    raise MemdbError(ENDED)
+    raise MemdbError(TEST_ENDED())
 
 
 def _ended_engines() -> tuple[AsyncEngine, Engine]:

@@ -50,6 +50,7 @@ from pytest_memdb.engines import EnginePair
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.memory import MemoryDatabase, unique_name
+from pytest_memdb.stats import MemdbStats
 from pytest_memdb.template_database import Template
 
 _RESTORE_WAIT_S = 1.0
@@ -118,9 +119,12 @@ class MemdbLayer:
         scope: str,
         label: str,
         asked: Asked = lambda: ((), (), ""),
+        stats: MemdbStats | None = None,
     ) -> None:
-        """``asked``: see :data:`Asked` (the layer is laid on what that test asked for)."""
+        """``asked``: see :data:`Asked` (the layer is laid on what that test asked for);
+        ``stats``: the run's counters."""
         self.parent = parent
+        self.stats = stats if stats is not None else MemdbStats()
         self.scope = scope
         self.label = label
         self._asked = asked
@@ -157,6 +161,7 @@ class MemdbLayer:
             database = base.database.copy(name)
             database.prepare_for_restores()  # put back by backups, never waiting
             self._database, self._laid_on = database, base
+            self.stats.layers_laid += 1
             self._expected = database.data_version()
             self._engines = EnginePair(database, echo=base.echo, pragmas=base.pragmas)
             self._handle = MemdbHandle(
@@ -314,6 +319,7 @@ class MemdbLayer:
             self._own.append(writer)
         frozen = self._laid_on.derived(private, f"{self.label}-{self.scope}")
         self._checkpoints.append((frozenset(self._own), frozen))
+        self.stats.layers_frozen += 1
         self._expected = self._database.data_version()
 
     def finished(self, writer: Writer) -> None:
@@ -456,6 +462,7 @@ class FixtureWatch:
 
 
 def _unexpected(layer: MemdbLayer, who: str, put_back: bool) -> str:
+    layer.stats.layers_put_back += 1
     undone = (
         "It was put back as its fixtures left it, so later tests do not see it."
         if put_back

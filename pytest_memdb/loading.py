@@ -51,6 +51,7 @@ from typing import Protocol
 
 from pytest_memdb.errors import FixtureFileError
 from pytest_memdb.memory import MemoryDatabase, file_uri
+from pytest_memdb.messages import FIXTURE_FILE
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_PATH_LIMIT = 504
@@ -385,6 +386,4 @@ def sqlite_text(exc: Exception) -> str:
 
 
 def file_error(path: Path, origin: str, problem: str) -> FixtureFileError:
-    return FixtureFileError(
-        f"pytest-memdb: the fixture file {str(path)!r} (from {origin}): {problem}."
-    )
+    return FixtureFileError(FIXTURE_FILE(path=str(path), origin=origin, problem=problem))

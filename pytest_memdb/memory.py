@@ -85,6 +85,8 @@ class MemoryDatabase:
         """The highest schema cookie this database is known to have had (see restores)."""
         self.page_file: int | None = None
         """A private database's ``sqlite3_file``, read by page restores from it (or None)."""
+        self.last_restore = "backup"
+        """How :meth:`restore_from` last restored: ``pages`` written, or ``backup``."""
         pages = None if shared else page_vfs()
         if pages is not None:  # open the anchor through the shim so its file is known
             pages.capture(name)
@@ -225,6 +227,7 @@ class MemoryDatabase:
         if watched is not None and page_file and not full:
             restored = watched.restore_from(page_file)
             if restored is not None:
+                self.last_restore = "pages"
                 return restored
             # Something wrote around the shim (see pytest_memdb.pages): back up, start afresh.
         if not self.is_free():
@@ -232,6 +235,7 @@ class MemoryDatabase:
         before = self._cookie()
         if not self.fill_from(source, give_up_after=give_up_after):
             return False
+        self.last_restore = "backup"
         self._cookie_past(before)
         if watched is not None and page_file:
             watched.baseline(page_file)

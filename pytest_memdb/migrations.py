@@ -39,6 +39,7 @@ from sqlalchemy.pool import NullPool
 from pytest_memdb.config import Target
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.memory import MemoryDatabase, unique_name
+from pytest_memdb.messages import SEEDING_FAILED
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -370,8 +371,9 @@ def _failure(where: str, outcome: _Outcome, script: ScriptDirectory) -> MemdbErr
             "the database pytest-memdb gives it, see config.attributes['connection'])"
         )
     return MemdbError(
-        f"pytest-memdb: seeding the template failed while running the migrations of {where}"
-        f"{culprit}: {detail}{hint}"
+        SEEDING_FAILED(
+            step=f"while running the migrations of {where}{culprit}", error=detail + hint
+        )
     )
 
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Collection, Generator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_memdb import hooks
+from pytest_memdb import hooks, mistakes
 from pytest_memdb.config import LAYER_FIXTURES, MARKER_ARGS, MemdbConfig, Target
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.messages import ASYNC_SESSION_IN_DEF_TEST
 from pytest_memdb.options import add_options
+from pytest_memdb.stats import MemdbStats
 
 if TYPE_CHECKING:
     from _pytest.fixtures import SubRequest
@@ -41,6 +43,10 @@ open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
 factory_modules_key = pytest.StashKey["FactoryModules"]()
 current_item_key = pytest.StashKey[pytest.Item]()
 """The test being run: a layer set up for it is laid on the wider layers *it* asked for."""
+stats_key = pytest.StashKey[MemdbStats]()
+"""What the plugin did in the run, for the terminal summary (:mod:`pytest_memdb.stats`)."""
+STATS_OUTPUT = "memdb_stats"
+"""The key of a worker's counts in xdist's ``workeroutput``."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.help:  # --help must work even with a bad option value in the ini file
         return
     config.stash[settings_key] = MemdbConfig.from_pytest(config)
+    config.stash[stats_key] = MemdbStats()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -266,6 +273,8 @@ def _strict_guard(config: pytest.Config) -> StrictGuard:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    if call.when == "setup" and call.excinfo is not None:
+        _explain_setup_failure(item, call)
     report = yield
     settings = item.config.stash.get(settings_key, None)
     if settings is not None and settings.keep_failed is not None and report.failed:
@@ -278,6 +287,50 @@ def pytest_runtest_makereport(
     return report
 
 
+def _explain_setup_failure(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """pytest's ``ScopeMismatch`` on a memdb fixture, reported as an explanation instead
+    (:func:`pytest_memdb.mistakes.explain_scope_mismatch`)."""
+    assert call.excinfo is not None
+    problem = mistakes.explain_scope_mismatch(item, call.excinfo.value)
+    if problem is not None:
+        explained = pytest.fail.Exception(problem, pytrace=False)
+        call.excinfo = pytest.ExceptionInfo.from_exception(
+            explained.with_traceback(call.excinfo.tb)
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker sends what it counted to the controller."""
+    stats = session.config.stash.get(stats_key, None)
+    output = getattr(session.config, "workeroutput", None)
+    if stats is not None and stats.used and output is not None:
+        output[STATS_OUTPUT] = stats.counts()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The xdist controller adds up what each worker counted."""
+    counts = getattr(node, "workeroutput", {}).get(STATS_OUTPUT)
+    stats = node.config.stash.get(stats_key, None)
+    if counts is not None and stats is not None:
+        stats.add(counts)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """What the plugin did, when a memdb fixture was used: one line, a count a line with
+    ``-v`` (nothing with ``-qq``)."""
+    stats = config.stash.get(stats_key, None)
+    verbosity = config.get_verbosity()
+    if stats is None or not stats.used or hasattr(config, "workerinput") or verbosity < -1:
+        return
+    if verbosity > 0:
+        terminalreporter.write_sep("-", "pytest-memdb")
+        for line in stats.lines():
+            terminalreporter.write_line(line)
+    else:
+        terminalreporter.write_line(stats.line())
+
+
 def _registry(config: pytest.Config) -> MemdbRegistry:
     """The session's registry, created (and SQLAlchemy imported) on first use."""
     registry = config.stash.get(registry_key, None)
@@ -288,12 +341,15 @@ def _registry(config: pytest.Config) -> MemdbRegistry:
 
         workerinput = getattr(config, "workerinput", {})
         settings = config.stash[settings_key]
+        stats = config.stash[stats_key]
+        stats.used = True
         registry = MemdbRegistry(
             settings,
             workerinput.get("workerid", "main"),
             hook_runner(config.hook.pytest_memdb_template, config),
             cache=template_cache(config, settings) if settings.cache else None,
             checked=quick_check_cache(config),
+            stats=stats,
         )
         config.stash[registry_key] = registry
         from pytest_memdb._loop import close_private_loop
@@ -315,6 +371,9 @@ def open_database(
     as the fixture lives. With a ``layer``, the database is a copy of it, and the test
     must not write to the layer itself.
     """
+    problem = mistakes.anyio_backend_problem(request)
+    if problem is not None:
+        raise pytest.fail.Exception(problem, pytrace=False)
     guard = request.config.stash.get(strict_key, None)
     try:
         wanted = target()
@@ -436,6 +495,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if missing:
             at = _first_function_scoped(item, names)
             item.fixturenames = [*names[:at], *missing, *names[at:]]  # type: ignore[attr-defined]
+    _find_mistakes(config, items)
+
+
+def _find_mistakes(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Async tests that use memdb and that no plugin runs (:mod:`pytest_memdb.mistakes`): their
+    failure says what to set."""
+    unrun: dict[str, list[str]] = {}
+    for item in items:
+        if mistakes.unrun_async(item):
+            fixtures = mistakes.memdb_fixtures(item)
+            if fixtures:
+                unrun[item.nodeid] = fixtures
+    plugins = config.pluginmanager
+    if unrun and not plugins.has_plugin(mistakes.AsyncTestsNotRun.name):
+        plugins.register(mistakes.AsyncTestsNotRun(unrun), mistakes.AsyncTestsNotRun.name)
 
 
 def _first_function_scoped(item: pytest.Item, names: list[str]) -> int:
@@ -542,12 +616,7 @@ def memdb_session(request: pytest.FixtureRequest, memdb: MemdbHandle) -> Iterato
 
     if _plain_def_asking(request, "memdb_session"):
         raise pytest.fail.Exception(
-            f"pytest-memdb: {request.node.nodeid} is a plain `def` test, and memdb_session is "
-            "an AsyncSession: its methods return coroutines a def test cannot await, so "
-            "nothing would run (the test would pass without its queries). Use "
-            "memdb_sync_session (a Session on the same database) in a def test, or write the "
-            "test as `async def`.",
-            pytrace=False,
+            ASYNC_SESSION_IN_DEF_TEST(test=request.node.nodeid), pytrace=False
         )
 
     session = memdb.session()

@@ -19,6 +19,7 @@ from pytest_memdb.layers import Base, Deferred, Layers, MemdbLayer, Writer
 from pytest_memdb.loading import CheckedFiles
 from pytest_memdb.memory import MemoryDatabase, unique_name
 from pytest_memdb.sessions import SessionClasses, session_classes
+from pytest_memdb.stats import MemdbStats
 from pytest_memdb.template_database import Template
 from pytest_memdb.templates import TemplateHook, build_template
 
@@ -34,8 +35,11 @@ class MemdbRegistry:
         *,
         cache: TemplateCache | None = None,
         checked: CheckedFiles | None = None,
+        stats: MemdbStats | None = None,
     ) -> None:
         self.settings = settings
+        self.stats = stats if stats is not None else MemdbStats()
+        """The run's counters, handed to every template and layer (:mod:`pytest_memdb.stats`)."""
         self.worker = worker
         self._hook = hook
         self.cache = cache
@@ -97,7 +101,7 @@ class MemdbRegistry:
                     laid_on = parent
             except MemdbError:  # the wider layer has no template of its own: not this one's
                 pass
-        made = MemdbLayer(laid_on, scope, label, laying)
+        made = MemdbLayer(laid_on, scope, label, laying, self.stats)
         self.layers.add(made)
         return made
 
@@ -129,9 +133,7 @@ class MemdbRegistry:
 
             try:
                 classes = self._session_classes(target)  # a bad class fails before the build
-                database = (
-                    build() if self.cache is None else self.cache.template(target, name, build)
-                )
+                database = self._build(target, name, build)
             except MemdbError as exc:
                 self._failures[failure_key] = exc
                 raise
@@ -144,8 +146,25 @@ class MemdbRegistry:
                 pragmas=self.settings.pragmas,
                 classes=classes,
                 restore=self.settings.restore,
+                stats=self.stats,
             )
         return self._templates[key]
+
+    def _build(
+        self, target: Target, name: str, build: Callable[[], MemoryDatabase]
+    ) -> MemoryDatabase:
+        """The template's database, built or taken from the cache (and counted as such)."""
+        if self.cache is None:
+            database = build()
+            self.stats.templates_built += 1
+            return database
+        loaded = self.cache.loaded
+        database = self.cache.template(target, name, build)
+        if self.cache.loaded > loaded:
+            self.stats.templates_cached += 1
+        else:
+            self.stats.templates_built += 1
+        return database
 
     def _session_classes(self, target: Target) -> SessionClasses:
         settings = self.settings

@@ -15,11 +15,13 @@ from pathlib import Path
 from pytest_memdb._loop import run_sync
 from pytest_memdb.config import Isolation, Restore
 from pytest_memdb.errors import IsolationError, MemdbError
-from pytest_memdb.isolation import ESCAPED, STRATEGIES, EngineSource, Save, Strategy
+from pytest_memdb.isolation import STRATEGIES, EngineSource, Save, Strategy
 from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
+from pytest_memdb.messages import ROLLBACK_ESCAPE
 from pytest_memdb.pragmas import Pragmas
 from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers
+from pytest_memdb.stats import MemdbStats
 from pytest_memdb.working import WorkingDatabase
 
 
@@ -43,8 +45,11 @@ class Template:
         pragmas: Pragmas = (),
         classes: SessionClasses = DEFAULT_CLASSES,
         restore: Restore = "auto",
+        stats: MemdbStats | None = None,
     ) -> None:
         self.source = source
+        self.stats = stats if stats is not None else MemdbStats()
+        """The run's counters (:mod:`pytest_memdb.stats`), shared with what is made from it."""
         self.restore = restore
         self.database = database
         self.echo = echo
@@ -69,6 +74,7 @@ class Template:
             pragmas=self.pragmas,
             classes=self.classes,
             restore=self.restore,
+            stats=self.stats,
         )
 
     def template(self) -> Template:
@@ -97,6 +103,7 @@ class Template:
             sync_makers=self._sync_makers,
             restart=lambda: self._restart(strategy, working, handle.engines_handed),
         )
+        self.stats.databases += 1
         return handle
 
     def _take(self, strategy: Strategy) -> WorkingDatabase:
@@ -122,7 +129,8 @@ class Template:
         if not equal:  # a connection the test leaked holds a lock: the next test gets a new one
             self._abandon(working)
         if escape is not None:
-            raise IsolationError(ESCAPED.format(how=escape))
+            self.stats.escapes += 1
+            raise IsolationError(ROLLBACK_ESCAPE(how=escape))
 
     def _restart(
         self, strategy: Strategy, working: WorkingDatabase, engines: EngineSource
@@ -147,7 +155,8 @@ class Template:
                 "close it before the reset."
             )
         if escape is not None:
-            raise IsolationError(ESCAPED.format(how=escape))
+            self.stats.escapes += 1
+            raise IsolationError(ROLLBACK_ESCAPE(how=escape))
         return restarted
 
     def _wind_down(
@@ -185,6 +194,7 @@ class Template:
             pragmas=self.pragmas,
             watch_state=role != "session",
             record_pages=self.restore != "backup",  # session mode's too: memdb.reset()
+            stats=self.stats,
         )
 
     def _carry_over(self, leaked: WorkingDatabase) -> WorkingDatabase:
@@ -200,6 +210,7 @@ class Template:
                 pragmas=self.pragmas,
                 content=leaked.database,
                 watch_state=False,
+                stats=self.stats,
             )
         except SourceLocked:
             raise MemdbError(

@@ -22,6 +22,7 @@ from pytest_memdb.errors import MemdbError
 from pytest_memdb.importing import describe, import_metadata, import_object
 from pytest_memdb.loading import CheckedFiles, load_file
 from pytest_memdb.memory import MemoryDatabase
+from pytest_memdb.messages import SEEDING_FAILED
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 
 TemplateHook = Callable[[Connection, Target], None]
@@ -137,7 +138,7 @@ def _step(what: str, run: Callable[..., Any], *args: Any) -> Any:
         raise
     except Exception as exc:
         raise MemdbError(
-            f"pytest-memdb: seeding the template failed while {what}: {type(exc).__name__}: {exc}"
+            SEEDING_FAILED(step=f"while {what}", error=f"{type(exc).__name__}: {exc}")
         ) from exc
 
 
@@ -147,8 +148,9 @@ def _run_load_step(step: LoadStep, conn: Connection, base_dir: Path) -> None:
             script = step.script.read_text(encoding="utf-8")
         except OSError as exc:
             raise MemdbError(
-                f"pytest-memdb: seeding the template failed: the {step.describe()} cannot be "
-                f"read ({exc.strerror or exc})."
+                SEEDING_FAILED(
+                    step=f"while reading the {step.describe()}", error=exc.strerror or exc
+                )
             ) from None
         for number, statement in enumerate(split_sql(script), 1):
             shown = re.sub(r"\s+", " ", statement).rstrip(";")[:200]
@@ -209,8 +211,10 @@ def hook_runner(caller: Any, config: Any) -> TemplateHook:
             caller(connection=conn, config=config, target=target)
         except Exception as exc:
             raise MemdbError(
-                "pytest-memdb: seeding the template failed in the pytest_memdb_template hook "
-                f"{_hookimpl_at_fault(caller, exc)}: {type(exc).__name__}: {exc}"
+                SEEDING_FAILED(
+                    step="in the pytest_memdb_template hook " + _hookimpl_at_fault(caller, exc),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             ) from exc
 
     return run

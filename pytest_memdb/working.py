@@ -37,6 +37,7 @@ from pytest_memdb.engines import EnginePair
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas
 from pytest_memdb.savepoints import SharedConnection
+from pytest_memdb.stats import MemdbStats
 
 
 class WorkingDatabase:
@@ -52,12 +53,15 @@ class WorkingDatabase:
         content: MemoryDatabase | None = None,
         watch_state: bool = True,
         record_pages: bool = False,
+        stats: MemdbStats | None = None,
     ) -> None:
         """``content``: what the new database holds at first, if not the template's;
         ``watch_state``: look at every statement for per-connection state (not in session
         mode, where nothing is undone); ``record_pages``: restore only the pages tests
-        wrote, where the page-recording VFS is available (:mod:`pytest_memdb.pages`)."""
+        wrote, where the page-recording VFS is available (:mod:`pytest_memdb.pages`);
+        ``stats``: the run's counters (restores by kind)."""
         self.template = template
+        self._stats = stats if stats is not None else MemdbStats()
         self.database = (content or template).copy(name)
         self.database.prepare_for_restores(pages_from=template if record_pages else None)
         self._echo = echo
@@ -117,6 +121,7 @@ class WorkingDatabase:
         doubt = doubt and not recorded
         if not (force or doubt or full or self.database.touched or self.changed()):
             self.reuses += after_test
+            self._stats.restores_none += after_test
             return self.database.is_free()
         self._unfinished = True
         if not self.database.restore_from(self.template, full=full):
@@ -124,6 +129,7 @@ class WorkingDatabase:
             return False
         self._unfinished = False
         self.restores += 1
+        self._stats.restored(self.database.last_restore)
         self._version = self.database.data_version()
         return True
 

@@ -34,6 +34,7 @@ from pytest_memdb.config import ISOLATION_MODES, parse_isolation
 from pytest_memdb.errors import FixtureFileError, MemdbError
 from pytest_memdb.loading import load_file
 from pytest_memdb.memory import unique_name
+from pytest_memdb.messages import BAD_VALUE, FIXTURE_FILE
 from tests.helpers import digest, make_sqlite, write_ini
 
 INNER_ARGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
@@ -228,7 +229,7 @@ def test_schema_format_from_the_future_is_refused(number: int) -> None:
         assert str(info.value) == (
             f"pytest-memdb: the fixture file {str(path)!r} (from {ORIGIN}): it is in an "
             f"unsupported file format (schema format {number} in its header; "
-            f"SQLite {sqlite3.sqlite_version} reads formats 1 to 4)."
+            f"SQLite {sqlite3.sqlite_version} reads formats 1 to 4).\nSee {FIXTURE_FILE.link}"
         )
         assert path.read_bytes() == data
         assert listing(folder) == ["future.sqlite"]
@@ -306,7 +307,7 @@ def test_too_long_names_and_symlink_loops_are_named_errors(length: int, links: i
             load_file(too_long, unique_name("long"), origin=ORIGIN)
         assert str(info.value) == (
             f"pytest-memdb: the fixture file {str(too_long)!r} (from {ORIGIN}): "
-            "it cannot be inspected (File name too long)."
+            f"it cannot be inspected (File name too long).\nSee {FIXTURE_FILE.link}"
         )
         chain = [root / f"loop{i}.sqlite" for i in range(links)]
         for i, link in enumerate(chain):
@@ -315,7 +316,7 @@ def test_too_long_names_and_symlink_loops_are_named_errors(length: int, links: i
             load_file(chain[0], unique_name("loop"), origin=ORIGIN)
         assert str(info.value).endswith(
             f"{str(chain[0])!r} (from {ORIGIN}): "
-            "it cannot be inspected (Too many levels of symbolic links)."
+            f"it cannot be inspected (Too many levels of symbolic links).\nSee {FIXTURE_FILE.link}"
         )
         assert listing(root) == sorted(p.name for p in chain)
 
@@ -341,6 +342,7 @@ def test_isolation_names_are_accepted_or_listed(value: object) -> None:
         parse_isolation(value, "memdb_isolation")
     assert str(info.value) == (
         f"pytest-memdb: memdb_isolation got {value!r}; allowed values: copy, rollback, session."
+        f"\nSee {BAD_VALUE.link}"
     )
 
 

@@ -248,9 +248,9 @@ def test_a_failing_sql_statement_errors_every_test_of_that_template_only(
         ),
         (
             "missing.sql",
-            "pytest-memdb: seeding the template failed: the SQL script '*missing.sql' (entry "
-            "'missing.sql' in memdb_load in pytest.ini) cannot be read (No such file or "
-            "directory).",
+            "pytest-memdb: seeding the template failed while reading the SQL script "
+            "'*missing.sql' (entry 'missing.sql' in memdb_load in pytest.ini): No such file or "
+            "directory",
         ),
     ],
 )
