@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pytest_memdb.errors import FixtureFileError, IsolationError, MemdbError
+from pytest_memdb.errors import FixtureFileError, IsolationError, MemdbError, MemdbWarning
 
 if TYPE_CHECKING:
     from pytest_memdb.factories import memdb_factory
@@ -25,6 +25,7 @@ __all__ = [
     "MemdbError",
     "MemdbHandle",
     "MemdbLayer",
+    "MemdbWarning",
     "QueryCounter",
     "memdb_factory",
 ]
