@@ -32,7 +32,8 @@ working database and report the test.
 The write lock keeps savepoints strictly nested when several sessions of one
 test run concurrently (SQLite's ``RELEASE`` of an outer name would otherwise
 swallow an inner one). A second writer waits for it up to the busy timeout, as
-with SQLite's own write lock; reads never wait for it. (In the other modes reads
+with SQLite's own write lock, unless the holder cannot end its transaction while it
+waits (:mod:`pytest_memdb.write_lock`); reads never wait for it. (In the other modes reads
 do wait: SQLite's ``memdb`` VFS lets no new reader in while another connection
 holds an uncommitted write, unlike a file in rollback-journal mode.)
 """
@@ -43,8 +44,6 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,17 +54,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from pytest_memdb._loop import run_sync
-from pytest_memdb.connections import (
-    BUSY_TIMEOUT_S,
-    TrackedConnection,
-    connect,
-    leaves_connection_state,
-)
+from pytest_memdb.connections import TrackedConnection, connect, leaves_connection_state
 from pytest_memdb.dumps import save_connection_view
 from pytest_memdb.engines import CLOSE_WAIT_S, MemdbAioConnection, listeners
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 from pytest_memdb.statements import leading_verb
+from pytest_memdb.write_lock import Engine as EngineKind
+from pytest_memdb.write_lock import WriteLock
 
 _await = getattr(util, "await_", None) or util.await_only
 _READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})
@@ -164,7 +160,7 @@ class SharedConnection:
         self._pragmas = pragmas
         self._disposing = False
         self.raw = self._open_raw()
-        self._write_lock = threading.Lock()
+        self._write_lock = WriteLock()
         self._savepoints: dict[int, str] = {}
         self._names = itertools.count(1)
         self._in_test = False
@@ -187,8 +183,8 @@ class SharedConnection:
             poolclass=StaticPool,
             echo=echo,
         )
-        self._listen(self.async_engine.sync_engine, wait=self._wait_async)
-        self._listen(self.sync_engine, wait=self._wait_blocking)
+        self._listen(self.async_engine.sync_engine, "async", wait=self._wait_async)
+        self._listen(self.sync_engine, "sync", wait=self._write_lock.wait_blocking)
         event.listen(self.async_engine.sync_engine, "checkout", _unbind_execute_mutex)
         self._mutex_renewable = False
         # StaticPool makes its one connection lazily; made on first use, fifty concurrent
@@ -235,8 +231,7 @@ class SharedConnection:
         self._in_test = False
         self._escape = None
         self._savepoints.clear()
-        if self._write_lock.locked():
-            self._write_lock.release()
+        self._write_lock.release()
         await self._prime()
 
     async def _prime_async_pool(self) -> None:
@@ -288,8 +283,7 @@ class SharedConnection:
         """
         self._in_test = False
         self._savepoints.clear()
-        if self._write_lock.locked():
-            self._write_lock.release()
+        self._write_lock.release()
         escape, self._escape = self._escape, None
         try:
             if escape is None and not self.raw.in_transaction:
@@ -330,8 +324,7 @@ class SharedConnection:
                 self.raw.interrupt()  # a cancelled statement may still run in a worker thread
         self._in_test = False
         self._savepoints.clear()
-        if self._write_lock.locked():
-            self._write_lock.release()
+        self._write_lock.release()
         try:
             await self._dispose_engines()
         finally:
@@ -342,7 +335,7 @@ class SharedConnection:
     def _state_left(self) -> None:
         self.stateful = True
 
-    def _listen(self, engine: Engine, *, wait: Callable[[], None]) -> None:
+    def _listen(self, engine: Engine, kind: EngineKind, *, wait: Callable[[], None]) -> None:
         def before_cursor_execute(
             conn: Connection, cursor: Any, statement: str, *args: Any
         ) -> None:
@@ -350,8 +343,9 @@ class SharedConnection:
                 self.stateful = True
             if id(conn) in self._savepoints or not is_write(statement):
                 return
-            if not self._write_lock.acquire(blocking=False):
+            if not self._write_lock.acquire_now():
                 wait()
+            self._write_lock.taken(kind)
             name = f"memdb_sp_{next(self._names)}"
             self._savepoints[id(conn)] = name
             self.raw.execute(f"SAVEPOINT {name}")
@@ -400,8 +394,7 @@ class SharedConnection:
             shown = " ".join(statement.split())[:200]
             self._escape = f"the statement {shown!r} ended it"
         self._savepoints.clear()
-        if self._write_lock.locked():
-            self._write_lock.release()
+        self._write_lock.release()
         try:
             self._open_outer()
         except sqlite3.Error as error:
@@ -420,24 +413,10 @@ class SharedConnection:
             if "no such savepoint" not in str(error):
                 raise
         finally:
-            if self._write_lock.locked():
-                self._write_lock.release()
-
-    def _wait_blocking(self) -> None:
-        if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):
-            raise _locked()
+            self._write_lock.release()
 
     def _wait_async(self) -> None:
-        _await(self._poll_async())
-
-    async def _poll_async(self) -> None:
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        delay = 0.0005
-        while not self._write_lock.acquire(blocking=False):
-            if time.monotonic() > deadline:
-                raise _locked()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.01)
+        _await(self._write_lock.wait_async())
 
 
 def _unbind_execute_mutex(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -455,11 +434,3 @@ def _unbind_execute_mutex(dbapi_connection: Any, record: Any, proxy: Any) -> Non
         return
     if bound is not running:
         dbapi_connection._execute_mutex = asyncio.Lock()
-
-
-def _locked() -> sqlite3.OperationalError:
-    return sqlite3.OperationalError(
-        f"database is locked: another session of this test kept an uncommitted write open "
-        f"for {BUSY_TIMEOUT_S:.0f} s (pytest-memdb rollback isolation; commit or roll back "
-        f"that session first)"
-    )
