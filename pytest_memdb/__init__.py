@@ -12,6 +12,7 @@ from pytest_memdb.errors import FixtureFileError, IsolationError, MemdbError, Me
 
 if TYPE_CHECKING:
     from pytest_memdb.factories import memdb_factory
+    from pytest_memdb.ignored_pragmas import IgnoredPragmaWarning
     from pytest_memdb.janitor import MemdbHandle
     from pytest_memdb.layers import MemdbLayer
     from pytest_memdb.queries import CapturedQueries, QueryCounter
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CapturedQueries",
     "FixtureFileError",
+    "IgnoredPragmaWarning",
     "InMemoryDatabase",
     "IsolationError",
     "MemdbError",
@@ -32,6 +34,7 @@ __all__ = [
 __version__ = "0.3.0"
 
 _LAZY = {
+    "IgnoredPragmaWarning": "pytest_memdb.ignored_pragmas",
     "InMemoryDatabase": "pytest_memdb.runtime",
     "MemdbHandle": "pytest_memdb.janitor",
     "MemdbLayer": "pytest_memdb.layers",

@@ -19,6 +19,10 @@ ourselves:
   neither SQLAlchemy's pool reset nor an app's ``engine.dispose()`` can end the
   outer transaction or close the shared connection.
 
+Because every test runs inside that transaction, a ``PRAGMA foreign_keys`` the test or the
+app runs does nothing (SQLite ignores it inside a transaction): the test is warned
+(:mod:`pytest_memdb.ignored_pragmas`); ``memdb_pragmas`` are set before it begins.
+
 SQLite can still end the outer transaction itself: a ``ROLLBACK``, ``COMMIT`` or ``END``
 the test runs as text, ``INSERT OR ROLLBACK`` on a conflict, a trigger's
 ``RAISE(ROLLBACK, ...)``, an interrupted write. After every statement (and every
@@ -44,6 +48,7 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,9 +59,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from pytest_memdb._loop import run_sync
+from pytest_memdb.callers import place
 from pytest_memdb.connections import TrackedConnection, connect, leaves_connection_state
 from pytest_memdb.dumps import save_connection_view
 from pytest_memdb.engines import CLOSE_WAIT_S, MemdbAioConnection, listeners
+from pytest_memdb.ignored_pragmas import foreign_keys_setting, ignored
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 from pytest_memdb.statements import leading_verb
@@ -162,6 +169,8 @@ class SharedConnection:
         self.raw = self._open_raw()
         self._write_lock = WriteLock()
         self._savepoints: dict[int, str] = {}
+        self._warned: set[str] = set()
+        """Statements the running test was warned of (:meth:`_notice_ignored_pragma`)."""
         self._names = itertools.count(1)
         self._in_test = False
         self._escape: str | None = None
@@ -261,6 +270,7 @@ class SharedConnection:
         if not self._mutex_renewable:
             run_sync(self._renew_async_connection())
         self._open_outer()
+        self._warned.clear()
         self._in_test = True
 
     def _open_outer(self) -> None:
@@ -339,8 +349,10 @@ class SharedConnection:
         def before_cursor_execute(
             conn: Connection, cursor: Any, statement: str, *args: Any
         ) -> None:
-            if not self.stateful and leaves_connection_state(statement):
+            if leaves_connection_state(statement):
                 self.stateful = True
+                if self._in_test:
+                    self._notice_ignored_pragma(statement, kind)
             if id(conn) in self._savepoints or not is_write(statement):
                 return
             if not self._write_lock.acquire_now():
@@ -385,6 +397,19 @@ class SharedConnection:
         event.listen(engine, "checkout", checkout)
         event.listen(engine, "invalidate", invalidate)
         event.listen(engine, "soft_invalidate", invalidate)
+
+    def _notice_ignored_pragma(self, statement: str, kind: EngineKind) -> None:
+        """Warn, once a test, of a ``PRAGMA foreign_keys`` SQLite ignores in its transaction."""
+        wanted = foreign_keys_setting(statement)
+        if wanted is None or statement in self._warned:
+            return
+        current = self.raw.execute("PRAGMA foreign_keys").fetchone()[0]
+        if current == wanted:
+            return
+        self._warned.add(statement)
+        warning = ignored(statement, wanted, current)
+        filename, line, _ = place(awaited=kind == "async") or ("<unknown>", 0, "")
+        warnings.warn_explicit(warning, type(warning), filename, line)
 
     def _check_outer(self, statement: str) -> None:
         """After a statement: if SQLite ended the outer transaction, record it and reopen."""
