@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pytest_memdb.errors import FixtureFileError, IsolationError, MemdbError
+from pytest_memdb.errors import FixtureFileError, IsolationError, MemdbError, MemdbWarning
 
 if TYPE_CHECKING:
     from pytest_memdb.factories import memdb_factory
+    from pytest_memdb.ignored_pragmas import IgnoredPragmaWarning
     from pytest_memdb.janitor import MemdbHandle
     from pytest_memdb.layers import MemdbLayer
     from pytest_memdb.queries import CapturedQueries, QueryCounter
@@ -20,17 +21,20 @@ if TYPE_CHECKING:
 __all__ = [
     "CapturedQueries",
     "FixtureFileError",
+    "IgnoredPragmaWarning",
     "InMemoryDatabase",
     "IsolationError",
     "MemdbError",
     "MemdbHandle",
     "MemdbLayer",
+    "MemdbWarning",
     "QueryCounter",
     "memdb_factory",
 ]
 __version__ = "0.3.0"
 
 _LAZY = {
+    "IgnoredPragmaWarning": "pytest_memdb.ignored_pragmas",
     "InMemoryDatabase": "pytest_memdb.runtime",
     "MemdbHandle": "pytest_memdb.janitor",
     "MemdbLayer": "pytest_memdb.layers",

@@ -11,39 +11,23 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import pytest
 
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.messages import BAD_VALUE, NO_SOURCE
+from pytest_memdb.options import BOOL_INI_OPTIONS, INI_OPTIONS
+from pytest_memdb.options import ISOLATION_MODES as ISOLATION_MODES
+from pytest_memdb.options import RESTORE_WAYS as RESTORE_WAYS
+from pytest_memdb.options import Isolation as Isolation
+from pytest_memdb.options import Restore as Restore
 from pytest_memdb.pragmas import Pragmas, parse_pragmas
 
-Isolation = Literal["copy", "rollback", "session"]
-ISOLATION_MODES: tuple[Isolation, ...] = ("copy", "rollback", "session")
 DEFAULT_ISOLATION: Isolation = "copy"
-Restore = Literal["auto", "pages", "backup"]
-RESTORE_WAYS: tuple[Restore, ...] = ("auto", "pages", "backup")
 MARKER_ARGS = ("file", "metadata", "load", "isolation", "bind", "alembic")
 DEFAULT_FIXTURE = "memdb"
 
-INI_OPTIONS = (
-    "memdb_file",
-    "memdb_metadata",
-    "memdb_load",
-    "memdb_pragmas",
-    "memdb_isolation",
-    "memdb_echo",
-    "memdb_bind",
-    "memdb_session_class",
-    "memdb_sync_session_class",
-    "memdb_alembic",
-    "memdb_alembic_revision",
-    "memdb_strict",
-    "memdb_cache",
-    "memdb_factories",
-)
-"""Every ini option of the plugin: any other ``memdb_*`` key is a typo (:func:`check_ini_keys`)."""
 LAYER_FIXTURES: dict[str, str] = {
     "session": "memdb_suite",
     "module": "memdb_module",
@@ -196,7 +180,7 @@ class MemdbConfig:
         isolation_origin = "--memdb-isolation" if cli_isolation else "memdb_isolation"
         raw_isolation = cli_isolation or str(config.getini("memdb_isolation") or "").strip()
         isolation = parse_isolation(raw_isolation or DEFAULT_ISOLATION, isolation_origin)
-        echo = bool(config.getoption("memdb_echo")) or bool(config.getini("memdb_echo"))
+        echo = bool(config.getoption("memdb_echo")) or _ini_bool(config, "memdb_echo", ini_name)
         pragmas = parse_pragmas(config.getini("memdb_pragmas"), f"memdb_pragmas in {ini_name}")
         keep = config.getoption("memdb_keep_failed")
         keep_failed = _resolve(keep, cwd, "--memdb-keep-failed") if keep else None
@@ -228,9 +212,10 @@ class MemdbConfig:
             bind_origin=bind_origin,
             session_class=session_class,
             sync_session_class=sync_session_class,
-            strict=bool(config.getini("memdb_strict")),
+            strict=_ini_bool(config, "memdb_strict", ini_name),
             ini_name=ini_name,
-            cache=bool(config.getoption("memdb_cache")) or bool(config.getini("memdb_cache")),
+            cache=bool(config.getoption("memdb_cache"))
+            or _ini_bool(config, "memdb_cache", ini_name),
             rebuild=bool(config.getoption("memdb_rebuild")),
             factories=factories,
             factories_origin=factories_origin,
@@ -422,6 +407,19 @@ def _installed(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # ValueError: a module in sys.modules without a spec
         return False
+
+
+def _ini_bool(config: pytest.Config, name: str, ini_name: str) -> bool:
+    """A ``bool`` ini option; a value pytest cannot read as one is a usage error that names
+    the option (pytest's own says only "invalid truth value 'maybe'")."""
+    assert name in BOOL_INI_OPTIONS, name
+    try:
+        return bool(config.getini(name))
+    except (ValueError, TypeError, pytest.UsageError) as exc:  # pytest 8.4, 9 (TOML), 9
+        raise MemdbError(
+            f"pytest-memdb: {name} in {ini_name}: {exc}; expected true or false (pytest also "
+            "reads yes/no, on/off, 1/0, y/n, t/f)."
+        ) from None
 
 
 def _optional_dotted(config: pytest.Config, name: str, ini_name: str) -> str | None:

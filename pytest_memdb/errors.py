@@ -21,3 +21,13 @@ class IsolationError(MemdbError):
     Raised when the test's database is handed back (its teardown), after the plugin made
     the database equal to the template again, so later tests are not affected.
     """
+
+
+class MemdbWarning(UserWarning):
+    """Something the plugin (or :class:`~pytest_memdb.InMemoryDatabase`) worked around, or
+    that does not do what it says here; the run goes on.
+
+    Standard library only, like the rest of this module: the runtime class imports it
+    without pytest. pytest lists it in the warnings summary under the test that was
+    running; ``filterwarnings = error::pytest_memdb.MemdbWarning`` makes it an error.
+    """

@@ -19,6 +19,10 @@ ourselves:
   neither SQLAlchemy's pool reset nor an app's ``engine.dispose()`` can end the
   outer transaction or close the shared connection.
 
+Because every test runs inside that transaction, a ``PRAGMA foreign_keys`` the test or the
+app runs does nothing (SQLite ignores it inside a transaction): the test is warned
+(:mod:`pytest_memdb.ignored_pragmas`); ``memdb_pragmas`` are set before it begins.
+
 SQLite can still end the outer transaction itself: a ``ROLLBACK``, ``COMMIT`` or ``END``
 the test runs as text, ``INSERT OR ROLLBACK`` on a conflict, a trigger's
 ``RAISE(ROLLBACK, ...)``, an interrupted write. After every statement (and every
@@ -32,7 +36,8 @@ working database and report the test.
 The write lock keeps savepoints strictly nested when several sessions of one
 test run concurrently (SQLite's ``RELEASE`` of an outer name would otherwise
 swallow an inner one). A second writer waits for it up to the busy timeout, as
-with SQLite's own write lock; reads never wait for it. (In the other modes reads
+with SQLite's own write lock, unless the holder cannot end its transaction while it
+waits (:mod:`pytest_memdb.write_lock`); reads never wait for it. (In the other modes reads
 do wait: SQLite's ``memdb`` VFS lets no new reader in while another connection
 holds an uncommitted write, unlike a file in rollback-journal mode.)
 """
@@ -43,8 +48,7 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
-import threading
-import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,17 +59,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from pytest_memdb._loop import run_sync
-from pytest_memdb.connections import (
-    BUSY_TIMEOUT_S,
-    TrackedConnection,
-    connect,
-    leaves_connection_state,
-)
+from pytest_memdb.callers import place
+from pytest_memdb.connections import TrackedConnection, connect, leaves_connection_state
 from pytest_memdb.dumps import save_connection_view
 from pytest_memdb.engines import CLOSE_WAIT_S, MemdbAioConnection, listeners
+from pytest_memdb.ignored_pragmas import foreign_keys_setting, ignored
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas, apply_pragmas
 from pytest_memdb.statements import leading_verb
+from pytest_memdb.write_lock import Engine as EngineKind
+from pytest_memdb.write_lock import WriteLock
 
 _await = getattr(util, "await_", None) or util.await_only
 _READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})
@@ -164,8 +167,10 @@ class SharedConnection:
         self._pragmas = pragmas
         self._disposing = False
         self.raw = self._open_raw()
-        self._write_lock = threading.Lock()
+        self._write_lock = WriteLock()
         self._savepoints: dict[int, str] = {}
+        self._warned: set[str] = set()
+        """Statements the running test was warned of (:meth:`_notice_ignored_pragma`)."""
         self._names = itertools.count(1)
         self._in_test = False
         self._escape: str | None = None
@@ -187,8 +192,8 @@ class SharedConnection:
             poolclass=StaticPool,
             echo=echo,
         )
-        self._listen(self.async_engine.sync_engine, wait=self._wait_async)
-        self._listen(self.sync_engine, wait=self._wait_blocking)
+        self._listen(self.async_engine.sync_engine, "async", wait=self._wait_async)
+        self._listen(self.sync_engine, "sync", wait=self._write_lock.wait_blocking)
         event.listen(self.async_engine.sync_engine, "checkout", _unbind_execute_mutex)
         self._mutex_renewable = False
         # StaticPool makes its one connection lazily; made on first use, fifty concurrent
@@ -235,8 +240,7 @@ class SharedConnection:
         self._in_test = False
         self._escape = None
         self._savepoints.clear()
-        if self._write_lock.locked():
-            self._write_lock.release()
+        self._write_lock.release()
         await self._prime()
 
     async def _prime_async_pool(self) -> None:
@@ -266,6 +270,7 @@ class SharedConnection:
         if not self._mutex_renewable:
             run_sync(self._renew_async_connection())
         self._open_outer()
+        self._warned.clear()
         self._in_test = True
 
     def _open_outer(self) -> None:
@@ -288,8 +293,7 @@ class SharedConnection:
         """
         self._in_test = False
         self._savepoints.clear()
-        if self._write_lock.locked():
-            self._write_lock.release()
+        self._write_lock.release()
         escape, self._escape = self._escape, None
         try:
             if escape is None and not self.raw.in_transaction:
@@ -330,8 +334,7 @@ class SharedConnection:
                 self.raw.interrupt()  # a cancelled statement may still run in a worker thread
         self._in_test = False
         self._savepoints.clear()
-        if self._write_lock.locked():
-            self._write_lock.release()
+        self._write_lock.release()
         try:
             await self._dispose_engines()
         finally:
@@ -342,16 +345,19 @@ class SharedConnection:
     def _state_left(self) -> None:
         self.stateful = True
 
-    def _listen(self, engine: Engine, *, wait: Callable[[], None]) -> None:
+    def _listen(self, engine: Engine, kind: EngineKind, *, wait: Callable[[], None]) -> None:
         def before_cursor_execute(
             conn: Connection, cursor: Any, statement: str, *args: Any
         ) -> None:
-            if not self.stateful and leaves_connection_state(statement):
+            if leaves_connection_state(statement):
                 self.stateful = True
+                if self._in_test:
+                    self._notice_ignored_pragma(statement, kind)
             if id(conn) in self._savepoints or not is_write(statement):
                 return
-            if not self._write_lock.acquire(blocking=False):
+            if not self._write_lock.acquire_now():
                 wait()
+            self._write_lock.taken(kind)
             name = f"memdb_sp_{next(self._names)}"
             self._savepoints[id(conn)] = name
             self.raw.execute(f"SAVEPOINT {name}")
@@ -392,6 +398,19 @@ class SharedConnection:
         event.listen(engine, "invalidate", invalidate)
         event.listen(engine, "soft_invalidate", invalidate)
 
+    def _notice_ignored_pragma(self, statement: str, kind: EngineKind) -> None:
+        """Warn, once a test, of a ``PRAGMA foreign_keys`` SQLite ignores in its transaction."""
+        wanted = foreign_keys_setting(statement)
+        if wanted is None or statement in self._warned:
+            return
+        current = self.raw.execute("PRAGMA foreign_keys").fetchone()[0]
+        if current == wanted:
+            return
+        self._warned.add(statement)
+        warning = ignored(statement, wanted, current)
+        filename, line, _ = place(awaited=kind == "async") or ("<unknown>", 0, "")
+        warnings.warn_explicit(warning, type(warning), filename, line)
+
     def _check_outer(self, statement: str) -> None:
         """After a statement: if SQLite ended the outer transaction, record it and reopen."""
         if not self._in_test or self.raw.in_transaction:
@@ -400,8 +419,7 @@ class SharedConnection:
             shown = " ".join(statement.split())[:200]
             self._escape = f"the statement {shown!r} ended it"
         self._savepoints.clear()
-        if self._write_lock.locked():
-            self._write_lock.release()
+        self._write_lock.release()
         try:
             self._open_outer()
         except sqlite3.Error as error:
@@ -420,24 +438,10 @@ class SharedConnection:
             if "no such savepoint" not in str(error):
                 raise
         finally:
-            if self._write_lock.locked():
-                self._write_lock.release()
-
-    def _wait_blocking(self) -> None:
-        if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):
-            raise _locked()
+            self._write_lock.release()
 
     def _wait_async(self) -> None:
-        _await(self._poll_async())
-
-    async def _poll_async(self) -> None:
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        delay = 0.0005
-        while not self._write_lock.acquire(blocking=False):
-            if time.monotonic() > deadline:
-                raise _locked()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.01)
+        _await(self._write_lock.wait_async())
 
 
 def _unbind_execute_mutex(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -455,11 +459,3 @@ def _unbind_execute_mutex(dbapi_connection: Any, record: Any, proxy: Any) -> Non
         return
     if bound is not running:
         dbapi_connection._execute_mutex = asyncio.Lock()
-
-
-def _locked() -> sqlite3.OperationalError:
-    return sqlite3.OperationalError(
-        f"database is locked: another session of this test kept an uncommitted write open "
-        f"for {BUSY_TIMEOUT_S:.0f} s (pytest-memdb rollback isolation; commit or roll back "
-        f"that session first)"
-    )

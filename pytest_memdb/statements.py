@@ -14,6 +14,12 @@ def leading_verb(statement: str) -> str:
     Leading whitespace, parentheses, semicolons and ``--`` / ``/* */`` comments are
     skipped: ``/* by the app */ PRAGMA foreign_keys=ON`` is a ``PRAGMA``.
     """
+    words = from_first_keyword(statement).split(None, 1)
+    return words[0].upper() if words else ""
+
+
+def from_first_keyword(statement: str) -> str:
+    """``statement`` without what :func:`leading_verb` skips before its first keyword."""
     rest = statement
     while True:
         rest = rest.lstrip(" \t\r\n(;")
@@ -22,6 +28,4 @@ def leading_verb(statement: str) -> str:
         elif rest.startswith("/*"):
             rest = rest.partition("*/")[2]
         else:
-            break
-    words = rest.split(None, 1)
-    return words[0].upper() if words else ""
+            return rest

@@ -57,3 +57,48 @@ def write_ini(pytester: pytest.Pytester, **options: str) -> None:
     options.setdefault("asyncio_default_fixture_loop_scope", "function")
     body = "\n".join(f"{key} = {value}" for key, value in options.items())
     pytester.makefile(".ini", pytest=f"[pytest]\n{body}\n")
+
+
+_CRASHING_WRITER = """
+import os, sqlite3, sys
+
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[2] == "wal":
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO user (name, email) VALUES ('wal', NULL)", [()] * 50)
+    conn.execute("COMMIT")  # 50 committed rows that exist only in the -wal file
+else:
+    conn.execute("PRAGMA journal_mode=DELETE")
+conn.execute("PRAGMA cache_size=1")  # spill: changed pages leave the cache mid-transaction
+conn.execute("BEGIN")
+conn.execute("UPDATE user SET name = 'torn'")
+os._exit(0)  # a crash: no COMMIT, no ROLLBACK; the -journal (or -wal and -shm) stays
+"""
+
+
+def crash_mid_transaction(path: Path, *, wal: bool = False, users: int = 3000) -> None:
+    """A SQLite file with ``users`` committed rows whose writer crashed (``os._exit``) in the
+    middle of renaming every user 'torn'.
+
+    In rollback-journal mode most of that unfinished write is in the file, and its hot
+    ``-journal`` (the pages as committed) lies beside it. With ``wal``, 50 more committed
+    rows and the unfinished write's frames are in the ``-wal``, and the ``-shm`` stays.
+    """
+    import subprocess
+    import sys
+
+    make_sqlite(path, users=users)
+    mode = "wal" if wal else "journal"
+    subprocess.run(
+        [sys.executable, "-c", _CRASHING_WRITER, str(path), mode], check=True, timeout=60
+    )
+    left = Path(f"{path}-wal") if wal else Path(f"{path}-journal")
+    assert left.stat().st_size > 0, "the crashed writer must leave its journal"
+
+
+def make_hot_journal(path: Path) -> Path:
+    """:func:`crash_mid_transaction` in rollback-journal mode; the hot journal's path."""
+    crash_mid_transaction(path)
+    return Path(f"{path}-journal")

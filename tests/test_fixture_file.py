@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import pytest_memdb.registry  # noqa: F401  (see INNER_ARGS)
-from tests.helpers import digest, make_sqlite, write_ini
+from tests.helpers import crash_mid_transaction, digest, make_hot_journal, make_sqlite, write_ini
 
 # pytester restores sys.modules after each in-process run, so a module first
 # imported inside an inner run is imported again by the next one. SQLAlchemy is
@@ -199,3 +199,117 @@ def test_awkward_path_is_read_and_nothing_is_created_beside_it(
     # An unescaped URI would have opened (and created) ``data/run `` instead.
     assert tree(pytester.path) == listing
     assert sorted(os.listdir(db.parent)) == ["app.sqlite"]
+
+
+# --- a hot journal: a writer crashed mid-transaction -------------------------------------
+
+HOT_JOURNAL_TESTS = """
+from sqlalchemy import text
+
+
+def test_sees_the_committed_state(memdb_sync_session):
+    rows = memdb_sync_session.execute(text("SELECT id, name FROM user ORDER BY id")).all()
+    assert [tuple(row) for row in rows[:3]] == [(1, "ada"), (2, "brian"), (3, "grace")]
+    assert len(rows) == 3000
+    assert not [row for row in rows if row.name == "torn"]  # the crashed write's
+    memdb_sync_session.execute(text("INSERT INTO user (name) VALUES ('written')"))
+    memdb_sync_session.commit()
+
+
+async def test_again(memdb_session):
+    count = (await memdb_session.execute(text("SELECT count(*) FROM user"))).scalar_one()
+    assert count == {count}
+"""
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_hot_journal_is_rolled_back_in_a_private_copy_and_both_files_stay_as_they_were(
+    pytester: pytest.Pytester, isolation: str
+) -> None:
+    """A crashed writer's hot ``-journal``: the committed state is loaded (SQLite rolls the
+    journal back in a private copy), with one warning that names both files; the user's
+    file and journal are byte-identical afterwards, and nothing appears beside them."""
+    db = pytester.path / "data" / "app.sqlite"
+    journal = make_hot_journal(db)
+    before = {db: digest(db), journal: digest(journal)}
+    listing = sorted(os.listdir(db.parent))
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
+    count = 3001 if isolation == "session" else 3000
+    pytester.makepyfile(test_hot=HOT_JOURNAL_TESTS.format(count=count))
+
+    result = pytester.runpytest(*INNER_ARGS)
+
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*MemdbWarning: pytest-memdb: the fixture file {str(db)!r} (from memdb_file in "
+            f"pytest.ini) has a hot journal beside it ({str(journal)!r}): *committed state was "
+            "loaded instead: SQLite rolled the journal back in a private copy*unchanged*",
+        ]
+    )
+    assert {path: digest(path) for path in before} == before
+    assert sorted(os.listdir(db.parent)) == listing
+
+
+def test_hot_journal_beside_a_path_too_long_for_sqlite_is_rolled_back_too(
+    tmp_path: Path,
+) -> None:
+    """Such a file is copied into a private folder before SQLite opens it: its journal must
+    come along, or the copy holds the crashed writer's half-written pages."""
+    from pytest_memdb import MemdbWarning
+    from pytest_memdb.loading import SQLITE_PATH_LIMIT, load_file
+    from pytest_memdb.memory import unique_name
+
+    deep = tmp_path
+    while len(os.fsencode(deep)) <= SQLITE_PATH_LIMIT:
+        deep = deep / ("d" * 100)
+    deep.mkdir(parents=True)
+    made = tmp_path / "app.sqlite"
+    made_journal = make_hot_journal(made)  # SQLite cannot write there either: made here
+    db, journal = deep / "app.sqlite", deep / "app.sqlite-journal"
+    made.replace(db)
+    made_journal.replace(journal)
+    before = {db: digest(db), journal: digest(journal)}
+
+    with pytest.warns(MemdbWarning, match="hot journal"):
+        database = load_file(db, unique_name("hot"), origin="a test")
+    try:
+        rows = database.anchor.execute("SELECT count(*), sum(name = 'torn') FROM user").fetchall()
+    finally:
+        database.close()
+
+    assert rows == [(3000, 0)]  # without its journal, the copy had 2882 'torn' rows
+    assert {path: digest(path) for path in before} == before
+    assert sorted(os.listdir(deep)) == ["app.sqlite", "app.sqlite-journal"]
+
+
+def test_wal_file_of_a_crashed_writer_loads_its_committed_rows_and_stays_as_it_was(
+    pytester: pytest.Pytester,
+) -> None:
+    """A writer in WAL mode that crashed mid-transaction leaves its ``-wal`` (committed
+    frames, then the unfinished write's) and its ``-shm``: the committed rows are loaded,
+    the unfinished write is not, and the three files are byte-identical afterwards. (Read
+    through SQLite with ``readonly_shm=1``, as the module docstring of ``loading`` says;
+    nothing to roll back, so no warning.)"""
+    db = pytester.path / "data" / "app.sqlite"
+    crash_mid_transaction(db, wal=True)
+    companions = [db.with_name("app.sqlite-wal"), db.with_name("app.sqlite-shm")]
+    before = {path: digest(path) for path in (db, *companions)}
+    write_ini(pytester, memdb_file="data/app.sqlite")
+    pytester.makepyfile(
+        """
+        from sqlalchemy import text
+
+        def test_committed_rows_only(memdb_sync_session):
+            row = memdb_sync_session.execute(
+                text("SELECT count(*), sum(name = 'torn'), sum(name = 'wal') FROM user")
+            ).one()
+            assert tuple(row) == (3050, 0, 50)
+        """
+    )
+
+    result = pytester.runpytest(*INNER_ARGS)
+
+    result.assert_outcomes(passed=1, warnings=0)
+    assert {path: digest(path) for path in before} == before
+    assert sorted(os.listdir(db.parent)) == ["app.sqlite", "app.sqlite-shm", "app.sqlite-wal"]

@@ -648,3 +648,81 @@ def test_bad_marker_errors_only_that_test(
     result.stdout.fnmatch_lines(["*test_unmarked PASSED*"])
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
     assert digest(app_db) == before
+
+
+# --- the list of ini options, and boolean values ----------------------------------------
+
+
+def _ini_options_in_help(pytester: pytest.Pytester) -> dict[str, str]:
+    """``memdb_*`` ini options as ``pytest --help`` lists them: name -> type."""
+    import re
+
+    result = pytester.runpytest("--help")
+    assert result.ret == 0
+    found = {}
+    for line in result.stdout.lines:
+        match = re.match(r"^\s+(memdb_\w+) \((\w+)\):", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def test_every_registered_ini_option_is_known_to_the_typo_check(
+    pytester: pytest.Pytester,
+) -> None:
+    """The typo check's list of options is the list pytest was given, so a new option can
+    never be reported as unknown (or missing from its suggestions)."""
+    from pytest_memdb.config import INI_OPTIONS
+
+    write_ini(pytester)
+    registered = _ini_options_in_help(pytester)
+
+    assert "memdb_restore" in registered
+    assert sorted(INI_OPTIONS) == sorted(registered)
+
+
+def test_a_typo_of_memdb_restore_suggests_memdb_restore(
+    pytester: pytest.Pytester, app_db: Path
+) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_restor="backup")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+
+    result = pytester.runpytest(*INNER_ARGS)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*pytest-memdb: unknown option 'memdb_restor' in pytest.ini. Did you mean "
+            "'memdb_restore'?*memdb_restore*"
+        ]
+    )
+
+
+BOOL_OPTIONS = ["memdb_echo", "memdb_cache", "memdb_strict"]
+
+
+def test_the_boolean_options_are_these(pytester: pytest.Pytester) -> None:
+    write_ini(pytester)
+    registered = _ini_options_in_help(pytester)
+    assert sorted(name for name, kind in registered.items() if kind == "bool") == sorted(
+        BOOL_OPTIONS
+    )
+
+
+@pytest.mark.parametrize("option", BOOL_OPTIONS)
+def test_a_bad_boolean_names_the_option_the_value_and_the_allowed_values(
+    pytester: pytest.Pytester, app_db: Path, option: str
+) -> None:
+    write_ini(pytester, memdb_file="data/app.sqlite", **{option: "maybe"})
+    pytester.makepyfile("def test_plain():\n    pass\n")
+
+    result = pytester.runpytest(*INNER_ARGS)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: pytest-memdb: {option} in pytest.ini: invalid truth value 'maybe'; "
+            "expected true or false (pytest also reads yes/no, on/off, 1/0, y/n, t/f)."
+        ]
+    )
+    result.stderr.no_fnmatch_line("*INTERNALERROR*")

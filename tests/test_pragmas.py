@@ -286,3 +286,107 @@ def test_runtime_class_rejects_bad_pragmas(pragmas: object, message: str) -> Non
         InMemoryDatabase(pragmas=pragmas)  # type: ignore[arg-type]
     with pytest.raises(MemdbError, match=message):
         InMemoryDatabase(pragmas=pragmas)  # type: ignore[arg-type]
+
+
+# --- rollback mode: PRAGMA foreign_keys run by the app inside the test's transaction ------
+
+APP_PRAGMA_TESTS = """
+from sqlalchemy import text
+
+ORPHAN = text("INSERT INTO book (title, author_id) VALUES ('orphan', 999)")
+
+
+async def test_app_turns_foreign_keys_on(memdb_session):
+    await memdb_session.execute(text({statement!r}))  # APP
+    await memdb_session.execute(text({statement!r}))  # the same again: one warning a test
+    fk = (await memdb_session.execute(text("PRAGMA foreign_keys"))).scalar_one()
+    print(f"FK {{fk}}")
+
+
+def test_sync_too(memdb_sync_session):
+    memdb_sync_session.execute(text("pragma FOREIGN_KEYS = true"))  # SYNC
+
+
+def test_reading_it_is_fine(memdb_sync_session):
+    memdb_sync_session.execute(text("PRAGMA foreign_keys"))
+"""
+
+
+@pytest.mark.parametrize(
+    "statement", ["PRAGMA foreign_keys=ON", "/* app */ PRAGMA foreign_keys = 1"]
+)
+def test_an_ignored_foreign_keys_pragma_in_rollback_mode_warns_on_the_test(
+    library: pytest.Pytester, statement: str
+) -> None:
+    """SQLite ignores ``PRAGMA foreign_keys`` inside a transaction, and rollback mode runs
+    every test inside one: the app's ``PRAGMA foreign_keys=ON`` did nothing, silently."""
+    write_ini(library, memdb_file="data/library.sqlite", memdb_isolation="rollback")
+    library.makepyfile(test_pragmas=APP_PRAGMA_TESTS.format(statement=statement))
+    source = (library.path / "test_pragmas.py").read_text().splitlines()
+    app_line = next(i for i, line in enumerate(source, 1) if "# APP" in line)
+    sync_line = next(i for i, line in enumerate(source, 1) if "# SYNC" in line)
+
+    result = library.runpytest("-s", "-p", "no:cacheprovider")
+
+    result.assert_outcomes(passed=3, warnings=2)
+    result.stdout.fnmatch_lines(["FK 0"])  # it did nothing: that is what the warning says
+    result.stdout.fnmatch_lines(
+        [
+            "test_pragmas.py::test_app_turns_foreign_keys_on",
+            f"  *test_pragmas.py:{app_line}: IgnoredPragmaWarning: pytest-memdb: "
+            f"{statement!r} did nothing: SQLite ignores PRAGMA foreign_keys inside a "
+            "transaction, and rollback isolation runs every test inside one, so foreign keys "
+            "stay OFF in this test. Set it on every connection before the test's transaction "
+            "begins: memdb_pragmas = foreign_keys=ON in the ini file*",
+            "test_pragmas.py::test_sync_too",
+            f"  *test_pragmas.py:{sync_line}: IgnoredPragmaWarning: pytest-memdb: "
+            "'pragma FOREIGN_KEYS = true' did nothing*memdb_pragmas = foreign_keys=ON*",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("isolation", "pragmas"),
+    [("rollback", "foreign_keys=ON"), ("copy", ""), ("session", "")],
+    ids=["rollback-already-on", "copy", "session"],
+)
+def test_no_warning_where_the_pragma_works_or_changes_nothing(
+    library: pytest.Pytester, isolation: str, pragmas: str
+) -> None:
+    write_ini(
+        library, memdb_file="data/library.sqlite", memdb_isolation=isolation, memdb_pragmas=pragmas
+    )
+    library.makepyfile(test_pragmas=APP_PRAGMA_TESTS.format(statement="PRAGMA foreign_keys=ON"))
+
+    result = library.runpytest("-s", "-p", "no:cacheprovider", "-W", "error")
+
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["FK 1"])
+
+
+@pytest.mark.parametrize(
+    ("statement", "value"),
+    [
+        ("PRAGMA foreign_keys=ON", 1),
+        ("pragma Foreign_Keys = off", 0),
+        ("PRAGMA foreign_keys = 'yes'", 1),
+        ("PRAGMA foreign_keys(0)", 0),
+        ("PRAGMA main.foreign_keys=true", 1),
+        ("-- by the app\n  PRAGMA foreign_keys=1", 1),
+        ("PRAGMA foreign_keys", None),  # a read
+        ("PRAGMA foreign_keys=maybe", None),  # SQLite would not take it either
+        ("PRAGMA foreign_key_check", None),
+        ("PRAGMA defer_foreign_keys=ON", None),  # works inside a transaction
+        ("SELECT 'PRAGMA foreign_keys=ON'", None),
+    ],
+)
+def test_foreign_keys_setting_reads_what_sqlite_would(statement: str, value: int | None) -> None:
+    from pytest_memdb.ignored_pragmas import foreign_keys_setting
+
+    assert foreign_keys_setting(statement) == value
+    if value is not None:  # and SQLite agrees, outside a transaction
+        conn = sqlite3.connect(":memory:")
+        conn.execute("PRAGMA foreign_keys=" + ("0" if value else "1"))
+        conn.execute(statement)
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == value
+        conn.close()

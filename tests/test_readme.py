@@ -324,8 +324,10 @@ def _plugin_options() -> set[str]:
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in {"addini", "addoption"}
+            and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr in {"addini", "addoption"})
+                or (isinstance(node.func, ast.Name) and node.func.id == "IniOption")
+            )
             and node.args
             and isinstance(node.args[0], ast.Constant)
         ):
