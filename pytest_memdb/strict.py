@@ -17,40 +17,13 @@ Not seen: connections opened without SQLAlchemy (``sqlite3.connect``), and engin
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
-import sysconfig
 from collections.abc import Callable, Iterable, Iterator
-from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine, event
 
+from pytest_memdb.callers import caller, fixture_running
 from pytest_memdb.errors import MemdbError
-
-_IGNORED_FRAMES = (
-    "/sqlalchemy/",
-    "/pytest_memdb/",
-    "/asyncio/",
-    "/aiosqlite/",
-    "/greenlet/",
-    "/_pytest/",
-    "/pluggy/",
-    "/pytest_asyncio/",
-)
-"""Frames never shown as where a connection was opened (the way there, not its cause)."""
-
-
-def _stdlib_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    found = {paths[key] for key in ("stdlib", "platstdlib") if paths.get(key)}
-    found.update([os.path.realpath(path) for path in found])
-    return tuple(os.path.join(os.path.normcase(path), "") for path in found)
-
-
-_STDLIB = _stdlib_dirs()
-"""Python's own modules (``contextlib``: ``with engine.begin()`` connects in its
-``__enter__``; ``threading``, ``concurrent.futures``...), never the user's code."""
 
 Names = Callable[[], Iterable[str]]
 
@@ -123,7 +96,7 @@ class StrictGuard:
             return
         if self._run_wide and any(f"/{name}?" in database for name in self._run_wide_names()):
             return
-        fixture = _fixture_running()
+        fixture = fixture_running()
         own = ", ".join(sorted(self.allowed)) or "it has none"
         if fixture is None:
             who, whose = "this test", f"its memdb databases ({own})"
@@ -142,69 +115,7 @@ class StrictGuard:
         message = (
             f"pytest-memdb (memdb_strict): {who} opened the SQLite database "
             f"{database or ':memory:'!r} through SQLAlchemy, which is not one of {whose}, at "
-            f"{_caller()}. {advice}"
+            f"{caller()}. {advice}"
         )
         self.violations.append(message)
         raise MemdbError(message)
-
-
-def _user_code(filename: str) -> bool:
-    path = filename.replace("\\", "/")
-    if path.startswith("<frozen ") or any(part in path for part in _IGNORED_FRAMES):
-        return False
-    if "/site-packages/" in path or "/dist-packages/" in path:
-        return True
-    normal = os.path.normcase(filename)
-    return not any(normal.startswith(stdlib) for stdlib in _STDLIB)
-
-
-def _frames() -> Iterator[FrameType]:
-    """The frames on the way to the connect, innermost first; through the greenlets that
-    SQLAlchemy's asyncio layer runs its sync code in, out to the code that awaited it."""
-    frame: FrameType | None = sys._getframe(1)
-    greenlets = sys.modules.get("greenlet")
-    current = greenlets.getcurrent() if greenlets is not None else None
-    while True:
-        while frame is not None:
-            yield frame
-            frame = frame.f_back
-        current = getattr(current, "parent", None)
-        if current is None:
-            return
-        frame = getattr(current, "gr_frame", None)
-
-
-def _caller() -> str:
-    """The first frame of the test's or the app's own code on the way to the connect (not
-    SQLAlchemy's, the plugin's, pytest's or Python's own: ``contextlib``, ``threading``)."""
-    for frame in _frames():
-        code = frame.f_code
-        if _user_code(code.co_filename):
-            return f"{code.co_filename}:{frame.f_lineno} ({code.co_name})"
-    return "an unknown place"
-
-
-def _fixture_running() -> str | None:
-    """The fixture being set up or torn down on the way to the connect, described (None:
-    the test itself, or a thread of its, as far as can be told).
-
-    Read from pytest's own frames (``pytest_fixture_setup(fixturedef, request)``,
-    ``FixtureDef.finish``): nothing is recorded while fixtures run, so it costs nothing
-    until a connection is refused."""
-    for frame in _frames():
-        code = frame.f_code
-        path = code.co_filename.replace("\\", "/")
-        if path.endswith("/_pytest/python.py") and code.co_name == "pytest_pyfunc_call":
-            return None
-        if path.endswith("/_pytest/fixtures.py"):
-            if code.co_name == "pytest_fixture_setup":
-                phase, definition = "set up for", frame.f_locals.get("fixturedef")
-            elif code.co_name == "finish":
-                phase, definition = "torn down after", frame.f_locals.get("self")
-            else:
-                phase, definition = "", None
-            name = getattr(definition, "argname", None)
-            if isinstance(name, str):
-                scope = getattr(definition, "scope", "function")
-                return f"the {scope}-scoped fixture {name!r} ({phase} this test)"
-    return None
