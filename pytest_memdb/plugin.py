@@ -19,6 +19,7 @@ import pytest
 from pytest_memdb import hooks
 from pytest_memdb.config import LAYER_FIXTURES, MARKER_ARGS, MemdbConfig, Target
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.nesting import announce, nested_in
 from pytest_memdb.options import add_options
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 settings_key = pytest.StashKey[MemdbConfig]()
 registry_key = pytest.StashKey["MemdbRegistry"]()
 strict_key = pytest.StashKey["StrictGuard"]()
+nested_key = pytest.StashKey[str | None]()
+"""The ini file of the pytest run this one was started from, when it reads the same one."""
 open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
 """The databases a test holds, by fixture name, for ``--memdb-keep-failed``."""
 factory_modules_key = pytest.StashKey["FactoryModules"]()
@@ -61,12 +64,26 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.help:  # --help must work even with a bad option value in the ini file
         return
     config.stash[settings_key] = MemdbConfig.from_pytest(config)
+    if not hasattr(config, "workerinput"):  # an xdist worker is part of its controller's run
+        config.stash[nested_key] = nested_in(config.inipath)
+        config.add_cleanup(announce(config.inipath))
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
     settings = config.stash.get(settings_key, None)
     if settings is None:
         return None
+    lines = [_sources(settings)]
+    nested = config.stash.get(nested_key, None)
+    if nested is not None and settings.strict:
+        lines.append(
+            f"memdb: started by a test of another run of {nested}: memdb_strict applies here "
+            "too (-o memdb_strict=false turns it off for this run)"
+        )
+    return [line for line in lines if line] or None
+
+
+def _sources(settings: MemdbConfig) -> str:
     sources = []
     if settings.file is not None:
         sources.append(f"file={settings.file} ({settings.file_origin})")
@@ -77,7 +94,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if settings.load:
         sources.append(f"{len(settings.load)} load step(s)")
     if not sources:
-        return None
+        return ""
     return f"memdb: {', '.join(sources)}, isolation={settings.isolation}, {_restore(settings)}"
 
 
@@ -256,7 +273,7 @@ def _strict_guard(config: pytest.Config) -> StrictGuard:
     if guard is None:
         from pytest_memdb.strict import StrictGuard
 
-        guard = StrictGuard()
+        guard = StrictGuard(nested=config.stash.get(nested_key, None))
         config.stash[strict_key] = guard
         config.add_cleanup(guard.close)
     return guard

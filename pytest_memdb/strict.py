@@ -31,7 +31,17 @@ Names = Callable[[], Iterable[str]]
 class StrictGuard:
     """Which SQLite databases the running test may open; what it opened besides them."""
 
-    def __init__(self) -> None:
+    def __init__(self, nested: str | None = None) -> None:
+        """``nested``: the ini file of the pytest run this one runs inside, if it reads the
+        same one (a suite that runs its docs' tests in a subprocess): said in the message."""
+        self._nested = (
+            ""
+            if nested is None
+            else f" This pytest run was started by a test of another run of the same ini file "
+            f"({nested}), which memdb_strict applies to as well: if the databases it opens are "
+            "its own business (a suite that runs its docs' tests), start it with "
+            "-o memdb_strict=false."
+        )
         self.allowed: set[str] | None = None
         """The running test's memdb database names; None between tests (nothing checked)."""
         self.violations: list[str] = []
@@ -115,7 +125,7 @@ class StrictGuard:
         message = (
             f"pytest-memdb (memdb_strict): {who} opened the SQLite database "
             f"{database or ':memory:'!r} through SQLAlchemy, which is not one of {whose}, at "
-            f"{caller()}. {advice}"
+            f"{caller()}. {advice}{self._nested}"
         )
         self.violations.append(message)
         raise MemdbError(message)

@@ -197,3 +197,58 @@ def test_strict_names_the_users_line_that_connected(pytester: pytest.Pytester) -
             )
     assert "generated" not in result.stdout.str()
     assert "unknown place" not in result.stdout.str()
+
+
+NESTED_DOCS = """
+from sqlalchemy import create_engine
+
+
+def test_a_docs_example_with_its_own_database(tmp_path):
+    with create_engine(f"sqlite:///{tmp_path}/example.db").connect():
+        pass
+"""
+
+NESTED_OUTER = """
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("extra", [[], ["-o", "memdb_strict=false"]])
+def test_runs_the_docs_tests(extra):
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "docs_tests", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    print(done.stdout)
+    assert done.returncode == 0
+"""
+
+
+def test_a_nested_run_of_the_same_ini_knows_and_says_how_to_scope_strict(
+    pytester: pytest.Pytester,
+) -> None:
+    """A suite that runs its docs' tests in a pytest subprocess: that run reads the same ini
+    file, so memdb_strict applies there too. It knows it is nested (the header says so), the
+    message says how to turn strict off for it, and ``-o memdb_strict=false`` does."""
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_strict="true")
+    pytester.makepyfile(test_outer=NESTED_OUTER)
+    (pytester.path / "docs_tests").mkdir()
+    (pytester.path / "docs_tests" / "test_docs.py").write_text(NESTED_DOCS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "test_outer.py", "-rA", timeout=240
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    ini = pytester.path / "pytest.ini"
+    result.stdout.fnmatch_lines(
+        [
+            f"memdb: started by a test of another run of {ini}: memdb_strict applies here too "
+            "(-o memdb_strict=false turns it off for this run)",
+            "*pytest-memdb (memdb_strict): this test opened the SQLite database '*example.db'*"
+            f"This pytest run was started by a test of another run of the same ini file "
+            f"({ini})*start it with -o memdb_strict=false.",
+        ]
+    )
