@@ -21,3 +21,8 @@ class IsolationError(MemdbError):
     Raised when the test's database is handed back (its teardown), after the plugin made
     the database equal to the template again, so later tests are not affected.
     """
+
+
+class MemdbWarning(UserWarning):
+    """Something that works, but probably not as the user meant (rows written where no test
+    will see them): shown in pytest's warnings summary, under the test it concerns."""

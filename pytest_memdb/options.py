@@ -134,6 +134,15 @@ def add_options(parser: pytest.Parser) -> None:
         default=False,
     )
     parser.addini(
+        "memdb_takeover",
+        "SQLite URLs the suite's own engines use (sqlite:///./test.db; * for any characters: "
+        "sqlite+aiosqlite:///*), one per line: a connection to one of them made while a test "
+        "runs opens that test's memdb database instead, in every isolation mode; one made "
+        "outside a test opens a scratch copy of the template that no test sees.",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
         "memdb_restore",
         "How copy and rollback put the working database back after a test that wrote: "
         "auto (the default: only the pages it wrote, where SQLite's VFS interface allows; "
@@ -156,4 +165,13 @@ def add_options(parser: pytest.Parser) -> None:
         "memdb databases (an engine a swap missed, the app's real file).",
         type="bool",
         default=False,
+    )
+    parser.addini(
+        "memdb_takeover",
+        "SQLite URLs the suite's own engines use (sqlite:///./test.db; * for any characters: "
+        "sqlite+aiosqlite:///*), one per line: a connection to one of them made while a test "
+        "runs opens that test's memdb database instead, in every isolation mode; one made "
+        "outside a test opens a scratch copy of the template that no test sees.",
+        type="linelist",
+        default=[],
     )

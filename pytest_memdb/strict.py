@@ -112,13 +112,15 @@ class StrictGuard:
             who, whose = "this test", f"its memdb databases ({own})"
             advice = (
                 "An engine the swap onto memdb missed? Name it (or the sessionmaker that uses "
-                "it) in memdb_bind, or build it from memdb_url."
+                "it) in memdb_bind, list its URL in memdb_takeover, or build it from "
+                "memdb_url."
             )
         else:
             who, whose = fixture, f"this test's memdb databases ({own}) nor a live layer's"
             advice = (
                 "An engine the swap onto memdb missed? Name it (or the sessionmaker that uses "
-                "it) in memdb_bind; in a function-scoped fixture, build it from memdb_url; in "
+                "it) in memdb_bind, or list its URL in memdb_takeover; in a function-scoped "
+                "fixture, build it from memdb_url; in "
                 "a scoped fixture, from its layer's URL (memdb_module.url or .sync_url, "
                 "memdb_class's, memdb_suite's)."
             )
