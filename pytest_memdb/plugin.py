@@ -384,10 +384,10 @@ def open_database(
         if wanted.bind:
             binder = registry.binder(wanted.bind, wanted.bind_origin)
             try:
-                binder.objects()
+                named = binder.objects()  # as they are for this test
             except MemdbError as exc:
                 raise pytest.fail.Exception(str(exc), pytrace=False) from None
-            with binder.bound(handle):
+            with binder.bound(handle, named):
                 yield handle
         else:
             yield handle
