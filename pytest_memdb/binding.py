@@ -29,7 +29,7 @@ runs after a failure, a skip, a timeout and Ctrl-C too):
   name those objects instead, or bind the sessionmaker the code uses.
 
 What each option names is looked up again for every test (the modules are imported once;
-the attribute path is walked each time, a few microseconds): a library that makes a new
+the attribute path is walked each time: about 1 us a line, measured here): a library that makes a new
 engine for each app or URL it is configured with (a module-scoped fixture's app) is bound
 in every test, not only while its first engine lives.
 
