@@ -19,11 +19,19 @@ runs after a failure, a skip, a timeout and Ctrl-C too):
   listeners belong to the app's database), so every *module global* that refers to it, in
   every module loaded (``from app.db import engine`` copies included), is replaced by the
   test's engine of the same kind, and so is the attribute the option names when that is
-  not a module's (``app.config:settings.engine``). Sessionmakers and scoped sessions found
-  in module globals that are bound to it (``bind=`` or one of ``binds=``) are re-bound.
-  Not reached: references held elsewhere (another object's attribute, a closure, a
-  default argument, a dict, an ``lru_cache``): name those objects instead, or bind the
-  sessionmaker the code uses.
+  not a module's (``app.config:settings.engine``). Sessionmakers and scoped sessions bound
+  to it (``bind=`` or one of ``binds=``) are re-bound where they are found: in module
+  globals, and among the attributes of the object the option names the engine on
+  (``app.db:database.engine`` re-binds ``database.Session`` and ``database.scoped``: the
+  object's own attributes, ``vars(database)``, one level deep: what a framework's
+  ``Database`` holder keeps beside its engine). Not reached: references held elsewhere
+  (another object's attribute, a closure, a default argument, a dict, an ``lru_cache``):
+  name those objects instead, or bind the sessionmaker the code uses.
+
+What each option names is looked up again for every test (the modules are imported once;
+the attribute path is walked each time: about 1 us a line, measured here): a library that
+makes a new engine for each app or URL it is configured with (a module-scoped fixture's
+app) is bound in every test, not only while its first engine lives.
 
 A module imported *during* a test that copies the test's engine (``from app.db import
 engine`` in a module loaded lazily) is found at the end of the test and given the app's
@@ -54,7 +62,7 @@ from sqlalchemy.util import ScopedRegistry, ThreadLocalRegistry
 
 from pytest_memdb._loop import run_sync
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.importing import describe, import_object
+from pytest_memdb.importing import attribute_of, describe, import_module
 from pytest_memdb.janitor import MemdbHandle
 
 BINDABLE = (
@@ -119,51 +127,61 @@ def _bound_to(maker: Makers, engine: object) -> bool:
     return maker.kw.get("bind") is engine or any(value is engine for value in binds.values())
 
 
+Named = list[tuple[object, object, str]]
+"""Each named object, with what holds it (its module, or what the path's last dot is an
+attribute of) and the attribute's name."""
+
+
 class Binder:
-    """The objects one option names, imported once, bound for one test at a time."""
+    """The objects one option names, looked up for each test, bound for one test at a time."""
 
     def __init__(self, paths: tuple[str, ...], origin: str, base_dir: Path) -> None:
         self.paths = paths
         self.origin = origin
         self._base_dir = base_dir
-        self._objects: list[tuple[object, object, str]] | None = None
+        self._modules: dict[str, ModuleType] = {}
         self._places: dict[int, _Places] = {}
 
-    def objects(self) -> list[tuple[object, object, str]]:
-        """The named objects, each checked to be one that can be bound, with the object
-        that holds each (its module, or what the path's last dot is an attribute of)."""
-        if self._objects is None:
-            found: list[tuple[object, object, str]] = []
-            for path in self.paths:
-                obj = import_object(path, self.origin, self._base_dir)
-                if not isinstance(obj, BINDABLE):
-                    raise MemdbError(
-                        f"pytest-memdb: {self.origin} {path!r} is {describe(obj)}; expected "
-                        f"an {KINDS} of your app."
-                    )
-                module, _, attribute = path.partition(":")
-                parent_path, _, name = attribute.rpartition(".")
-                parent = (
-                    import_object(f"{module}:{parent_path}", self.origin, self._base_dir)
-                    if parent_path
-                    else sys.modules[module]
+    def objects(self) -> Named:
+        """The named objects as they are now, each checked to be one that can be bound."""
+        found: Named = []
+        for path in self.paths:
+            module_name, _, attribute = path.partition(":")
+            module = self._modules.get(module_name)
+            if module is None:
+                module = import_module(module_name, self.origin, self._base_dir, dotted=path)
+                self._modules[module_name] = module
+            obj = attribute_of(module, path, self.origin)
+            if not isinstance(obj, BINDABLE):
+                raise MemdbError(
+                    f"pytest-memdb: {self.origin} {path!r} is {describe(obj)}; expected "
+                    f"an {KINDS} of your app."
                 )
-                found.append((obj, parent, name))
-            self._objects = found
-        return self._objects
+            parent_path, _, name = attribute.rpartition(".")
+            parent = (
+                attribute_of(module, f"{module_name}:{parent_path}", self.origin)
+                if parent_path
+                else module
+            )
+            found.append((obj, parent, name))
+        return found
 
     @contextmanager
-    def bound(self, handle: MemdbHandle) -> Iterator[None]:
-        """Point every named object at ``handle``'s database until the block ends."""
+    def bound(self, handle: MemdbHandle, named: Named | None = None) -> Iterator[None]:
+        """Point every named object (``named``: as :meth:`objects` found them for this test)
+        at ``handle``'s database until the block ends."""
+        named = self.objects() if named is None else named
+        engines = {id(obj) for obj, _parent, _name in named}
+        self._places = {key: found for key, found in self._places.items() if key in engines}
         undo: list[tuple[str, Any, Any]] = []
         before = {id(namespace) for namespace in _namespaces()}
         try:
-            for obj, parent, name in self.objects():
+            for obj, parent, name in named:
                 self._bind(obj, parent, name, handle, undo)
             yield
         finally:
             try:
-                self._unbind_late_copies(handle, before, undo)
+                self._unbind_late_copies(named, handle, before)
             finally:
                 _undo(undo)
 
@@ -181,9 +199,11 @@ class Binder:
             for namespace, key in places:
                 undo.append(("global", (namespace, key), obj))
                 namespace[key] = ours
-            if not isinstance(parent, ModuleType) and getattr(parent, name, None) is obj:
-                undo.append(("attribute", (parent, name), obj))
-                setattr(parent, name, ours)
+            if not isinstance(parent, ModuleType):
+                makers, scoped = _beside(parent, obj, makers, scoped)
+                if getattr(parent, name, None) is obj:
+                    undo.append(("attribute", (parent, name), obj))
+                    setattr(parent, name, ours)
             for session in scoped:
                 _clear(session, track=True)
                 undo.append(("clear", session, None))
@@ -197,12 +217,10 @@ class Binder:
             assert isinstance(obj, (sessionmaker, async_sessionmaker))
             _rebind(obj, handle, undo)
 
-    def _unbind_late_copies(
-        self, handle: MemdbHandle, before: set[int], undo: list[tuple[str, Any, Any]]
-    ) -> None:
+    def _unbind_late_copies(self, named: Named, handle: MemdbHandle, before: set[int]) -> None:
         """Modules loaded during the test took the test's engines: give them the app's back."""
         originals: dict[int, object] = {}
-        for obj, _parent, _name in self.objects():
+        for obj, _parent, _name in named:
             if isinstance(obj, (Engine, AsyncEngine)):
                 originals[id(_ours(obj, handle))] = obj
         if not originals:
@@ -218,6 +236,37 @@ class Binder:
                     _give_back(value.session_factory, originals)
                 elif isinstance(value, (sessionmaker, async_sessionmaker)):
                     _give_back(value, originals)
+
+
+def _beside(
+    holder: object, engine: object, makers: list[Makers], scoped: list[Scoped]
+) -> tuple[list[Makers], list[Scoped]]:
+    """``makers`` and ``scoped``, with the sessionmakers and scoped sessions among
+    ``holder``'s own attributes (``vars()``, slots) that are bound to ``engine``."""
+    makers_by_id = {id(maker): maker for maker in makers}
+    scoped_by_id = {id(session): session for session in scoped}
+    for value in _attributes(holder):
+        if isinstance(value, (scoped_session, async_scoped_session)):
+            if _bound_to(value.session_factory, engine):
+                scoped_by_id.setdefault(id(value), value)
+                makers_by_id.setdefault(id(value.session_factory), value.session_factory)
+        elif isinstance(value, (sessionmaker, async_sessionmaker)) and _bound_to(value, engine):
+            makers_by_id.setdefault(id(value), value)
+    return list(makers_by_id.values()), list(scoped_by_id.values())
+
+
+def _attributes(holder: object) -> list[object]:
+    """The values of ``holder``'s own attributes: its ``__dict__`` (an instance's, or a
+    class's own), and its slots; nothing computed (no properties), nothing inherited."""
+    found = list(dict(getattr(holder, "__dict__", None) or {}).values())
+    for klass in type(holder).__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__"):
+                value = getattr(holder, slot, None)
+                if value is not None:
+                    found.append(value)
+    return found
 
 
 def _give_back(maker: Makers, originals: dict[int, object]) -> None:

@@ -1,17 +1,27 @@
 """Where in the test's or the app's own code something happened, read from the stack.
 
-Standard library only. Errors name the line of the user's code that opened a database
-(``memdb_strict``) or began a write that now blocks another connection (rollback mode);
-the frames on the way there (SQLAlchemy's, the plugin's, pytest's, Python's own) are
-skipped. Looked up on every first write of a transaction in rollback mode, so the answer
-per file name is cached: a walk costs a few microseconds.
+Standard library only (``greenlet`` if it is loaded). Errors name the line of the user's code
+that opened a database (``memdb_strict``, ``memdb_takeover``) or began a write that now blocks
+another connection (rollback mode). The user's line is the innermost frame that is not
+SQLAlchemy's, the plugin's, pytest's, Python's own (``contextlib``: ``with engine.begin()``
+connects in its ``__enter__``) or generated code (SQLAlchemy's ``<sqlalchemy generated _go()
+wrapper ...>``), looking through the greenlets SQLAlchemy's asyncio layer runs its sync code
+in. A connection made in a thread that runs none of the user's code
+(``Thread(target=engine.connect)``, ``loop.run_in_executor(None, engine.connect)``,
+``asyncio.to_thread``) is placed where the test was at that moment: the thread running
+pytest, or, when that thread is inside an event loop, the coroutine of the test's task that
+waits. Looked up on every first write of a transaction in rollback mode, so the answer per
+file name is cached: a walk costs a few microseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterator
 from types import FrameType
 
@@ -54,7 +64,9 @@ def user_code(filename: str) -> bool:
 
 def _user_code(filename: str) -> bool:
     path = filename.replace("\\", "/")
-    if path.startswith("<frozen ") or any(part in path for part in _IGNORED_FRAMES):
+    if path.startswith("<"):  # generated: SQLAlchemy's wrappers, exec'd "<string>", frozen
+        return path.startswith("<doctest ")
+    if any(part in path for part in _IGNORED_FRAMES):
         return False
     if "/site-packages/" in path or "/dist-packages/" in path:
         return True
@@ -118,9 +130,7 @@ Place = tuple[str, int, str]
 def place(*, awaited: bool = False) -> Place | None:
     """Where :func:`user_frame` is now (None: no frame of the user's on the way here)."""
     frame = user_frame(awaited=awaited)
-    if frame is None:
-        return None
-    return (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+    return None if frame is None else _place_of(frame)
 
 
 def describe(where: Place | None) -> str:
@@ -132,8 +142,60 @@ def describe(where: Place | None) -> str:
 
 
 def caller() -> str:
-    """Where the first frame of the user's code on the way here is, described."""
-    return describe(place())
+    """The user's line on the way here (a connection being made), as ``file:line (function)``;
+    in a thread that runs none of the user's code, where the test was at that moment."""
+    where = place()
+    if where is not None:
+        return describe(where)
+    found = _where_the_test_is()
+    if found is not None:
+        name = threading.current_thread().name
+        return (
+            f"{describe(_place_of(found))}, where the test was when its thread {name!r} connected"
+        )
+    return "an unknown place (no frame of a test, a fixture or the app led there)"
+
+
+def _place_of(frame: FrameType) -> Place:
+    return (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+
+
+def _where_the_test_is() -> FrameType | None:
+    """The innermost user frame of the thread running pytest (not this one), or of the
+    coroutine its event loop is running the test in."""
+    me = threading.get_ident()
+    for ident, top in sys._current_frames().items():
+        if ident == me:
+            continue
+        stack = list(_stack(top))
+        if not any("/_pytest/" in f.f_code.co_filename.replace("\\", "/") for f in stack):
+            continue
+        for frame in stack:
+            if user_code(frame.f_code.co_filename):
+                return frame
+        for frame in stack:
+            loop = frame.f_locals.get("self") if frame.f_code.co_name == "_run_once" else None
+            if isinstance(loop, asyncio.AbstractEventLoop):
+                return _awaiting(loop)
+    return None
+
+
+def _stack(top: FrameType) -> Iterator[FrameType]:
+    frame: FrameType | None = top
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _awaiting(loop: asyncio.AbstractEventLoop) -> FrameType | None:
+    """The innermost user frame among the suspended coroutines of ``loop``'s tasks (read
+    from another thread: a task set that changes meanwhile gives up)."""
+    with contextlib.suppress(Exception):
+        for task in list(asyncio.all_tasks(loop)):
+            for frame in reversed(task.get_stack()):
+                if user_code(frame.f_code.co_filename):
+                    return frame
+    return None
 
 
 def fixture_running() -> str | None:

@@ -23,6 +23,7 @@ from pytest_memdb.options import RESTORE_WAYS as RESTORE_WAYS
 from pytest_memdb.options import Isolation as Isolation
 from pytest_memdb.options import Restore as Restore
 from pytest_memdb.pragmas import Pragmas, parse_pragmas
+from pytest_memdb.takeover_patterns import TakeoverPattern, parse_takeover
 
 DEFAULT_ISOLATION: Isolation = "copy"
 MARKER_ARGS = ("file", "metadata", "load", "isolation", "bind", "alembic")
@@ -127,6 +128,9 @@ class MemdbConfig:
     sync_session_class: str | None = None
     strict: bool = False
     """Fail a test that opens a SQLite database that is not one of its memdb databases."""
+    takeover: tuple[TakeoverPattern, ...] = ()
+    """SQLite URLs whose connections open the test's database (:mod:`pytest_memdb.takeover`)."""
+    takeover_origin: str = ""
     ini_name: str = "the ini file"
     cache: bool = False
     """Keep built templates in pytest's cache folder (:mod:`pytest_memdb.cache`)."""
@@ -194,6 +198,8 @@ class MemdbConfig:
         sync_session_class = _optional_dotted(config, "memdb_sync_session_class", ini_name)
         factories_origin = f"memdb_factories in {ini_name}"
         factories = parse_factories(config.getini("memdb_factories"), factories_origin)
+        takeover_origin = f"memdb_takeover in {ini_name}"
+        takeover = parse_takeover(config.getini("memdb_takeover"), takeover_origin)
         return cls(
             file,
             origin,
@@ -213,6 +219,8 @@ class MemdbConfig:
             session_class=session_class,
             sync_session_class=sync_session_class,
             strict=_ini_bool(config, "memdb_strict", ini_name),
+            takeover=takeover,
+            takeover_origin=takeover_origin,
             ini_name=ini_name,
             cache=bool(config.getoption("memdb_cache"))
             or _ini_bool(config, "memdb_cache", ini_name),
@@ -225,9 +233,15 @@ class MemdbConfig:
             ),
         )
 
+    def default_target(self) -> Target:
+        """What ``memdb`` is built from for a test with no ``memdb`` marker."""
+        return self._target(None)
+
     def target_for(self, node: pytest.Item) -> Target:
         """What ``memdb`` is built from for one test: its ``memdb`` marker over the options."""
-        marker = node.get_closest_marker("memdb")
+        return self._target(node.get_closest_marker("memdb"))
+
+    def _target(self, marker: pytest.Mark | None) -> Target:
         kwargs: dict[str, Any] = dict(marker.kwargs) if marker else {}
         unknown = sorted(set(kwargs) - set(MARKER_ARGS))
         if marker is not None and (unknown or marker.args):

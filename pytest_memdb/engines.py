@@ -222,16 +222,32 @@ class EnginePair:
             self._prepare(self._sync)
         return self._sync
 
+    @property
+    def database(self) -> MemoryDatabase:
+        return self._database
+
+    def connect_sync(self) -> TrackedConnection:
+        """A new driver connection to the database, as the sync engine makes them (its
+        pragmas are set by the engine's ``connect`` listener: see :meth:`prepare`)."""
+        return connect(self._database.sqlite_uri)
+
+    async def connect_async(self) -> MemdbAioConnection:
+        """A new aiosqlite connection to the database, as the async engine makes them."""
+        return await open_aio(self._database.sqlite_uri)
+
+    def prepare(self, dbapi_connection: Any) -> None:
+        """What the engines do to each new connection they make (``memdb_pragmas``): for a
+        connection made for an engine of the app's (``memdb_takeover``)."""
+        if self._pragmas:
+            apply_pragmas(dbapi_connection, self._pragmas)
+
     def _engines(self) -> list[Engine]:
         made = [self._async.sync_engine if self._async is not None else None, self._sync]
         return [engine for engine in made if engine is not None]
 
     def _prepare(self, engine: Engine) -> None:
-        pragmas = self._pragmas
-
         def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            if pragmas:
-                apply_pragmas(dbapi_connection, pragmas)
+            self.prepare(dbapi_connection)
             record.info["memdb_connect"] = tuple(engine.pool.dispatch.connect)
 
         def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:

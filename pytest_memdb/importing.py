@@ -27,8 +27,13 @@ from pytest_memdb.messages import IMPORT_FAILED
 
 def import_object(dotted: str, origin: str, base_dir: Path) -> Any:
     """``package.module:Name`` imported as if from ``base_dir`` (the ini file's folder)."""
+    module = import_module(dotted.partition(":")[0], origin, base_dir, dotted=dotted)
+    return attribute_of(module, dotted, origin)
+
+
+def attribute_of(module: ModuleType, dotted: str, origin: str) -> Any:
+    """What ``dotted``'s attribute path (after the colon) names in ``module``, now."""
     module_name, _, attribute = dotted.partition(":")
-    module = import_module(module_name, origin, base_dir, dotted=dotted)
     found: Any = module
     for part in attribute.split("."):
         try:

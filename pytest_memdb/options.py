@@ -160,6 +160,15 @@ INI: tuple[IniOption, ...] = (
         default=False,
     ),
     IniOption(
+        "memdb_takeover",
+        "SQLite URLs the suite's own engines use (sqlite:///./test.db; * for any characters: "
+        "sqlite+aiosqlite:///*), one per line: a connection to one of them made while a test "
+        "runs opens that test's memdb database instead, in every isolation mode; one made "
+        "outside a test opens a scratch copy of the template that no test sees.",
+        type="linelist",
+        default=(),
+    ),
+    IniOption(
         "memdb_restore",
         "How copy and rollback put the working database back after a test that wrote: "
         "auto (the default: only the pages it wrote, where SQLite's VFS interface allows; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Callable, Collection, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,9 @@ import pytest
 
 from pytest_memdb import hooks, mistakes
 from pytest_memdb.config import LAYER_FIXTURES, MARKER_ARGS, MemdbConfig, Target
-from pytest_memdb.errors import MemdbError
+from pytest_memdb.errors import MemdbError, MemdbWarning
 from pytest_memdb.messages import ASYNC_SESSION_IN_DEF_TEST
+from pytest_memdb.nesting import announce, nested_in
 from pytest_memdb.options import add_options
 from pytest_memdb.stats import MemdbStats
 
@@ -34,10 +36,14 @@ if TYPE_CHECKING:
     from pytest_memdb.queries import QueryCounter
     from pytest_memdb.registry import MemdbRegistry
     from pytest_memdb.strict import StrictGuard
+    from pytest_memdb.takeover import Takeover
 
 settings_key = pytest.StashKey[MemdbConfig]()
 registry_key = pytest.StashKey["MemdbRegistry"]()
 strict_key = pytest.StashKey["StrictGuard"]()
+takeover_key = pytest.StashKey["Takeover"]()
+nested_key = pytest.StashKey[str | None]()
+"""The ini file of the pytest run this one was started from, when it reads the same one."""
 open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
 """The databases a test holds, by fixture name, for ``--memdb-keep-failed``."""
 factory_modules_key = pytest.StashKey["FactoryModules"]()
@@ -66,14 +72,49 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if config.option.help:  # --help must work even with a bad option value in the ini file
         return
-    config.stash[settings_key] = MemdbConfig.from_pytest(config)
+    settings = config.stash[settings_key] = MemdbConfig.from_pytest(config)
     config.stash[stats_key] = MemdbStats()
+    if not hasattr(config, "workerinput"):  # an xdist worker is part of its controller's run
+        config.stash[nested_key] = nested_in(config.inipath)
+        config.add_cleanup(announce(config.inipath))
+    if settings.takeover:  # before collection: engines used at import are taken over too
+        from pytest_memdb.takeover import Takeover
+
+        config.stash[takeover_key] = Takeover(
+            settings.takeover, settings.takeover_origin, lambda: _registry(config).outside()
+        )
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the last session-scoped teardown, before the databases are freed (cleanups)."""
+    takeover = _takeover(config)
+    if takeover is not None:
+        takeover.close()
+
+
+def _takeover(config: pytest.Config) -> Takeover | None:
+    """``memdb_takeover``'s listener (made at start-up), or None without the option."""
+    return config.stash.get(takeover_key, None)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
     settings = config.stash.get(settings_key, None)
     if settings is None:
         return None
+    lines = [_sources(settings)]
+    takeover = _takeover(config)
+    if takeover is not None:
+        lines.append(takeover.describe())
+    nested = config.stash.get(nested_key, None)
+    if nested is not None and settings.strict:
+        lines.append(
+            f"memdb: started by a test of another run of {nested}: memdb_strict applies here "
+            "too (-o memdb_strict=false turns it off for this run)"
+        )
+    return [line for line in lines if line] or None
+
+
+def _sources(settings: MemdbConfig) -> str:
     sources = []
     if settings.file is not None:
         sources.append(f"file={settings.file} ({settings.file_origin})")
@@ -84,7 +125,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if settings.load:
         sources.append(f"{len(settings.load)} load step(s)")
     if not sources:
-        return None
+        return ""
     return f"memdb: {', '.join(sources)}, isolation={settings.isolation}, {_restore(settings)}"
 
 
@@ -263,7 +304,7 @@ def _strict_guard(config: pytest.Config) -> StrictGuard:
     if guard is None:
         from pytest_memdb.strict import StrictGuard
 
-        guard = StrictGuard()
+        guard = StrictGuard(nested=config.stash.get(nested_key, None))
         config.stash[strict_key] = guard
         config.add_cleanup(guard.close)
     return guard
@@ -375,11 +416,14 @@ def open_database(
     if problem is not None:
         raise pytest.fail.Exception(problem, pytrace=False)
     guard = request.config.stash.get(strict_key, None)
+    takeover = _takeover(request.config) if fixture == "memdb" else None
     try:
         wanted = target()
         registry = _registry(request.config)
-        with guard.paused() if guard is not None else contextlib.nullcontext():
-            # a build (migrations, seeds) may open others
+        with (
+            guard.paused() if guard is not None else contextlib.nullcontext(),
+            takeover.paused() if takeover is not None else contextlib.nullcontext(),
+        ):  # a build (migrations, seeds) may open others
             handle = registry.open(
                 wanted,
                 layer,
@@ -393,22 +437,29 @@ def open_database(
     if guard is not None:
         guard.allow(handle.name)
     try:
+        if takeover is not None:  # the suite's own engines connect to this database now
+            for message in takeover.begin(handle.engines_handed):
+                warnings.warn(MemdbWarning(message), stacklevel=1)
         if wanted.bind:
             binder = registry.binder(wanted.bind, wanted.bind_origin)
             try:
-                binder.objects()
+                named = binder.objects()  # as they are for this test
             except MemdbError as exc:
                 raise pytest.fail.Exception(str(exc), pytrace=False) from None
-            with binder.bound(handle):
+            with binder.bound(handle, named):
                 yield handle
         else:
             yield handle
     finally:
         held.remove((fixture, handle))
         try:
-            handle.close()
-        except MemdbError as exc:  # the test escaped its isolation: an error at its teardown
-            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+            if takeover is not None:
+                takeover.end()  # its connections closed before the database is restored
+        finally:
+            try:
+                handle.close()
+            except MemdbError as exc:  # the test escaped its isolation: an error at teardown
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 def open_layer(request: pytest.FixtureRequest, scope: str) -> Iterator[MemdbLayer]:
@@ -472,7 +523,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """With ``memdb_bind`` (or a marker's ``bind=``), every test gets ``memdb``, so the app's
     objects never reach the app's own database, even in tests that do not ask for it; with
     ``memdb_factories``, every test gets ``memdb_factories``, so the modules' factories write
-    through the test's session.
+    through the test's session. With ``memdb_takeover``, every test gets ``memdb`` too, moved
+    first even where the test asks for it (after a fixture that connects through a
+    taken-over engine, that fixture would reach the scratch database, not the test's).
 
     Added to those tests' fixtures here, as the first of their function-scoped ones (where an
     autouse fixture would set them up), rather than by autouse fixtures: one cost every test
@@ -487,10 +540,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         wanted = []
         marker = item.get_closest_marker("memdb")
-        if settings.bind or (marker is not None and marker.kwargs.get("bind")):
+        if settings.bind or settings.takeover or (marker is not None and marker.kwargs.get("bind")):
             wanted.append("memdb")
         if settings.factories:
             wanted.append("memdb_factories")
+        if settings.takeover and "memdb" in names:
+            names = [name for name in names if name != "memdb"]  # first, as below
         missing = [name for name in wanted if name not in names]
         if missing:
             at = _first_function_scoped(item, names)

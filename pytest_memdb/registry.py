@@ -12,6 +12,7 @@ from pytest_memdb._loop import run_sync
 from pytest_memdb.binding import Binder
 from pytest_memdb.cache import TemplateCache
 from pytest_memdb.config import LAYER_FIXTURES, MemdbConfig, Target
+from pytest_memdb.engines import EnginePair
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.importing import import_metadata
 from pytest_memdb.janitor import MemdbHandle
@@ -50,6 +51,7 @@ class MemdbRegistry:
         self._binders: dict[tuple[tuple[str, ...], str], Binder] = {}
         self.layers = Layers()
         """The live layers, checked at every test boundary."""
+        self._outside: EnginePair | None = None
 
     def open(
         self,
@@ -181,6 +183,19 @@ class MemdbRegistry:
             base_dir=settings.base_dir,
         )
 
+    def outside(self) -> EnginePair:
+        """A scratch copy of the run's template (a test's without a marker), for what
+        ``memdb_takeover`` connects outside tests (made once; no test sees it)."""
+        if self._outside is None:
+            template = self.template(self.settings.default_target())
+            name = unique_name(self.worker, template.label, "outside")
+            self._outside = EnginePair(
+                template.database.copy(name),
+                echo=self.settings.echo,
+                pragmas=self.settings.pragmas,
+            )
+        return self._outside
+
     def binder(self, paths: tuple[str, ...], origin: str) -> Binder:
         """The :class:`Binder` for these paths (made once: it remembers where engines are)."""
         key = (paths, origin)
@@ -191,5 +206,13 @@ class MemdbRegistry:
     def close(self) -> None:
         """Free every template (called once, at the end of the session)."""
         templates, self._templates = list(self._templates.values()), {}
-        for template in templates:
-            run_sync(template.aclose())
+        outside, self._outside = self._outside, None
+        try:
+            if outside is not None:
+                try:
+                    run_sync(outside.aclose())
+                finally:
+                    outside.database.close()
+        finally:
+            for template in templates:
+                run_sync(template.aclose())

@@ -194,6 +194,8 @@ class SharedConnection:
         )
         self._listen(self.async_engine.sync_engine, "async", wait=self._wait_async)
         self._listen(self.sync_engine, "sync", wait=self._write_lock.wait_blocking)
+        for engine in (self.async_engine.sync_engine, self.sync_engine):
+            self._listen_pool(engine)
         event.listen(self.async_engine.sync_engine, "checkout", _unbind_execute_mutex)
         self._mutex_renewable = False
         # StaticPool makes its one connection lazily; made on first use, fifty concurrent
@@ -250,12 +252,35 @@ class SharedConnection:
             self._mutex_renewable = isinstance(mutex, asyncio.Lock)
 
     async def _connect_async(self) -> MemdbAioConnection:
+        connection = await self.connect_async()
+        connection.memdb_on_close = self._adapter_closed
+        return connection
+
+    async def connect_async(self) -> _SharedAioConnection:
+        """An aiosqlite connection on the shared ``sqlite3`` connection (its own worker
+        thread; closing it stops the thread only)."""
         raw = self.raw
         connection = _SharedAioConnection(lambda: raw, iter_chunk_size=64)
         connection.memdb_raw = raw
-        connection.memdb_on_close = self._adapter_closed
         await connection
         return connection
+
+    def connect_sync(self) -> _SharedSyncConnection:
+        """The shared ``sqlite3`` connection as a sync engine's driver connection."""
+        return _SharedSyncConnection(self.raw)
+
+    def prepare(self, dbapi_connection: Any) -> None:
+        """Nothing: the shared connection got its pragmas when it was opened."""
+
+    def join(self, engine: Engine, *, is_async: bool) -> Callable[[], None]:
+        """Make ``engine`` (an app's, whose connections come from :meth:`connect_sync` or
+        :meth:`connect_async`: ``memdb_takeover``) keep to this test's transaction as the
+        plugin's own engines do: a savepoint per write, ``RELEASE`` for its commits,
+        ``ROLLBACK TO`` for its rollbacks, the write lock, the escape checks. Returns what
+        takes those listeners off it again (at the test's end)."""
+        if is_async:
+            return self._listen(engine, "async", wait=self._wait_async)
+        return self._listen(engine, "sync", wait=self._write_lock.wait_blocking)
 
     def begin_test(self) -> None:
         """Open the outer transaction that teardown will roll back.
@@ -345,7 +370,12 @@ class SharedConnection:
     def _state_left(self) -> None:
         self.stateful = True
 
-    def _listen(self, engine: Engine, kind: EngineKind, *, wait: Callable[[], None]) -> None:
+    def _listen(
+        self, engine: Engine, kind: EngineKind, *, wait: Callable[[], None]
+    ) -> Callable[[], None]:
+        """The listeners that keep ``engine``'s work inside the test's transaction; returns
+        what removes them."""
+
         def before_cursor_execute(
             conn: Connection, cursor: Any, statement: str, *args: Any
         ) -> None:
@@ -374,13 +404,6 @@ class SharedConnection:
         def rollback(conn: Connection) -> None:
             self._finish(conn, "ROLLBACK TO {0}", "RELEASE {0}")
 
-        def connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            record.info["memdb_connect"] = tuple(engine.pool.dispatch.connect)
-
-        def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-            if record.info.get("memdb_connect") != tuple(engine.pool.dispatch.connect):
-                raise exc.DisconnectionError(_LISTENERS_CHANGED)
-
         def invalidate(dbapi_connection: Any, record: ConnectionPoolEntry, error: Any) -> None:
             if _LISTENERS_CHANGED in str(error):
                 return
@@ -388,15 +411,37 @@ class SharedConnection:
             with contextlib.suppress(sqlite3.ProgrammingError):  # a test closed it
                 self.raw.interrupt()  # a cancelled statement may still run in its worker thread
 
-        event.listen(engine, "before_cursor_execute", before_cursor_execute)
-        event.listen(engine, "after_cursor_execute", after_cursor_execute)
-        event.listen(engine, "handle_error", handle_error)
-        event.listen(engine, "commit", commit)
-        event.listen(engine, "rollback", rollback)
+        listening: list[tuple[str, Callable[..., None]]] = [
+            ("before_cursor_execute", before_cursor_execute),
+            ("after_cursor_execute", after_cursor_execute),
+            ("handle_error", handle_error),
+            ("commit", commit),
+            ("rollback", rollback),
+            ("invalidate", invalidate),
+            ("soft_invalidate", invalidate),
+        ]
+        for name, listener in listening:
+            event.listen(engine, name, listener)
+
+        def remove() -> None:
+            for name, listener in listening:
+                event.remove(engine, name, listener)
+
+        return remove
+
+    def _listen_pool(self, engine: Engine) -> None:
+        """A ``connect`` listener added to one of the plugin's engines after it was made
+        would not fire for its pooled connection: a checkout notices, and opens a new one."""
+
+        def connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            record.info["memdb_connect"] = tuple(engine.pool.dispatch.connect)
+
+        def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+            if record.info.get("memdb_connect") != tuple(engine.pool.dispatch.connect):
+                raise exc.DisconnectionError(_LISTENERS_CHANGED)
+
         event.listen(engine, "connect", connect)
         event.listen(engine, "checkout", checkout)
-        event.listen(engine, "invalidate", invalidate)
-        event.listen(engine, "soft_invalidate", invalidate)
 
     def _notice_ignored_pragma(self, statement: str, kind: EngineKind) -> None:
         """Warn, once a test, of a ``PRAGMA foreign_keys`` SQLite ignores in its transaction."""

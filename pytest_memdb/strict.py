@@ -31,7 +31,17 @@ Names = Callable[[], Iterable[str]]
 class StrictGuard:
     """Which SQLite databases the running test may open; what it opened besides them."""
 
-    def __init__(self) -> None:
+    def __init__(self, nested: str | None = None) -> None:
+        """``nested``: the ini file of the pytest run this one runs inside, if it reads the
+        same one (a suite that runs its docs' tests in a subprocess): said in the message."""
+        self._nested = (
+            ""
+            if nested is None
+            else f" This pytest run was started by a test of another run of the same ini file "
+            f"({nested}), which memdb_strict applies to as well: if the databases it opens are "
+            "its own business (a suite that runs its docs' tests), start it with "
+            "-o memdb_strict=false."
+        )
         self.allowed: set[str] | None = None
         """The running test's memdb database names; None between tests (nothing checked)."""
         self.violations: list[str] = []
@@ -102,20 +112,22 @@ class StrictGuard:
             who, whose = "this test", f"its memdb databases ({own})"
             advice = (
                 "An engine the swap onto memdb missed? Name it (or the sessionmaker that uses "
-                "it) in memdb_bind, or build it from memdb_url."
+                "it) in memdb_bind, list its URL in memdb_takeover, or build it from "
+                "memdb_url."
             )
         else:
             who, whose = fixture, f"this test's memdb databases ({own}) nor a live layer's"
             advice = (
                 "An engine the swap onto memdb missed? Name it (or the sessionmaker that uses "
-                "it) in memdb_bind; in a function-scoped fixture, build it from memdb_url; in "
+                "it) in memdb_bind, or list its URL in memdb_takeover; in a function-scoped "
+                "fixture, build it from memdb_url; in "
                 "a scoped fixture, from its layer's URL (memdb_module.url or .sync_url, "
                 "memdb_class's, memdb_suite's)."
             )
         message = (
             f"pytest-memdb (memdb_strict): {who} opened the SQLite database "
             f"{database or ':memory:'!r} through SQLAlchemy, which is not one of {whose}, at "
-            f"{caller()}. {advice}"
+            f"{caller()}. {advice}{self._nested}"
         )
         self.violations.append(message)
         raise MemdbError(message)

@@ -113,3 +113,142 @@ def test_strict_mode_lets_the_plugin_build_its_template_from_migrations(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["memdb: alembic=*alembic.ini (head), isolation=copy, restore=*"])
+
+
+WHERE = """import asyncio
+import threading
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+
+
+def quietly(connect):
+    try:
+        connect()
+    except Exception:
+        pass  # refused: the message is the test's teardown error
+
+
+def test_sync_engine(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path}/a.db")
+    with pytest.raises(Exception, match="memdb_strict"):
+        engine.connect()  # here: test_sync_engine
+
+
+def test_begin_in_a_with(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path}/a.db")
+    try:
+        with engine.begin() as conn:  # here: test_begin_in_a_with
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        pass
+
+
+def test_orm_session(tmp_path):
+    with Session(create_engine(f"sqlite:///{tmp_path}/a.db")) as session:
+        quietly(lambda: session.execute(text("SELECT 1")))  # here: <lambda>
+
+
+async def test_async_session_through_the_greenlet(tmp_path):
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/a.db")
+    async with AsyncSession(engine) as session:
+        try:
+            await session.execute(text("SELECT 1"))  # here: test_async_session_through_the_greenlet
+        except Exception:
+            pass
+    await engine.dispose()
+
+
+def test_a_thread_that_runs_only_sqlalchemy(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path}/a.db")
+    thread = threading.Thread(target=engine.connect)
+    thread.start(); thread.join()  # here: test_a_thread_that_runs_only_sqlalchemy
+
+
+async def test_an_executor_thread(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path}/a.db")
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, engine.connect)  # here: test_an_executor_thread
+    except Exception:
+        pass
+"""
+
+
+def test_strict_names_the_users_line_that_connected(pytester: pytest.Pytester) -> None:
+    """Never SQLAlchemy's generated code (``<sqlalchemy generated _go() wrapper ...>``) nor
+    "an unknown place": the line of the test that connected, through a greenlet, a ``with``,
+    an ORM session, or a thread that runs no code of the test's (then where the test was)."""
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_strict="true")
+    pytester.makepyfile(test_where=WHERE)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6, errors=6)
+    lines = WHERE.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if "# here: " in line:
+            function = line.split("# here: ")[1]
+            result.stdout.fnmatch_lines(
+                [
+                    f"*which is not one of its memdb databases (it has none), at "
+                    f"*test_where.py:{number} ({function})*"
+                ]
+            )
+    assert "generated" not in result.stdout.str()
+    assert "unknown place" not in result.stdout.str()
+
+
+NESTED_DOCS = """
+from sqlalchemy import create_engine
+
+
+def test_a_docs_example_with_its_own_database(tmp_path):
+    with create_engine(f"sqlite:///{tmp_path}/example.db").connect():
+        pass
+"""
+
+NESTED_OUTER = """
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("extra", [[], ["-o", "memdb_strict=false"]])
+def test_runs_the_docs_tests(extra):
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "docs_tests", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    print(done.stdout)
+    assert done.returncode == 0
+"""
+
+
+def test_a_nested_run_of_the_same_ini_knows_and_says_how_to_scope_strict(
+    pytester: pytest.Pytester,
+) -> None:
+    """A suite that runs its docs' tests in a pytest subprocess: that run reads the same ini
+    file, so memdb_strict applies there too. It knows it is nested (the header says so), the
+    message says how to turn strict off for it, and ``-o memdb_strict=false`` does."""
+    write_ini(pytester, memdb_file="data/app.sqlite", memdb_strict="true")
+    pytester.makepyfile(test_outer=NESTED_OUTER)
+    (pytester.path / "docs_tests").mkdir()
+    (pytester.path / "docs_tests" / "test_docs.py").write_text(NESTED_DOCS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "test_outer.py", "-rA", timeout=240
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    ini = pytester.path / "pytest.ini"
+    result.stdout.fnmatch_lines(
+        [
+            f"memdb: started by a test of another run of {ini}: memdb_strict applies here too "
+            "(-o memdb_strict=false turns it off for this run)",
+            "*pytest-memdb (memdb_strict): this test opened the SQLite database '*example.db'*"
+            f"This pytest run was started by a test of another run of the same ini file "
+            f"({ini})*start it with -o memdb_strict=false.",
+        ]
+    )
