@@ -90,8 +90,11 @@ def _flipped(path: Path) -> None:
     path.write_bytes(data.replace(b"seeded", b"SEEDED"))
 
 
-@pytest.mark.parametrize("damage", [_empty, _truncated, _flipped], ids=lambda f: f.__name__[1:])
-@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one process", "xdist"])
+@pytest.mark.parametrize(
+    ("damage", "workers"),
+    [(_empty, ()), (_truncated, ()), (_flipped, ()), (_truncated, ("-n", "2"))],
+    ids=["empty", "truncated", "flipped", "truncated, xdist"],
+)
 def test_a_bad_entry_is_rebuilt_replaced_and_named(
     pytester: pytest.Pytester, damage: Callable[[Path], None], workers: tuple[str, ...]
 ) -> None:
