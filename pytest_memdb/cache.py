@@ -1,24 +1,27 @@
 """``memdb_cache``: built templates kept in pytest's cache folder, across workers and runs.
 
-Imports SQLAlchemy: load lazily. A template built from a migration chain or seed scripts
-can take seconds, and every xdist worker builds its own, in every run. With the cache,
-the first worker to need a template builds it and writes it to
-``.pytest_cache/d/pytest-memdb/<key>.sqlite``; the other workers wait for it (a file lock,
-bounded) and load it, and later runs load it until an input changes.
+A template built from a migration chain or seed scripts can take seconds, and every
+xdist worker builds its own, in every run. With the cache, the first process to need a
+template builds it and writes it to ``.pytest_cache/d/pytest-memdb/<key>.sqlite``; the
+others wait for it (its lock, bounded) and load it, and later runs load it until an
+input changes. The template is built (or loaded) once per process and never written
+again; the cache only ever reads it, to write the entry.
 
-The key is a SHA-256 of everything that built the template:
+When in doubt, rebuild:
 
-* the fixture file's identity and ``stat`` (resolved path, size, mtime in ns, inode; its
-  ``-wal`` too): hashing a 100 MB file would cost more (129 ms) than building from it;
-* the DDL SQLite would get for the metadata's tables and indexes (``CREATE TABLE`` as
-  compiled for SQLite), so a changed model changes the key;
-* the bytes of the ``alembic.ini``, of ``env.py`` and of every file in the migration
-  scripts' folder, and the revision;
-* the bytes of every ``.sql`` load step; for a callable load step and for each
-  ``pytest_memdb_template`` hook implementation, the source of the module it is defined
-  in. Not seen: what such code reads at run time (another module it imports, a data
-  file, an environment variable). Change the module, or run with ``--memdb-rebuild``;
-* ``memdb_pragmas``, and the versions of SQLite, SQLAlchemy, Alembic and pytest-memdb.
+* the key is made of everything the build reads or runs (:mod:`pytest_memdb.cache_key`:
+  the file's identity, every statement ``create_all`` runs with its events, every file
+  Alembic loads, the seed steps, the hooks' modules and, with a hook, every field of the
+  target it is given); a template whose build cannot be seen whole is not cached;
+* an entry is verified on every read (size and SHA-256 against its manifest,
+  :mod:`pytest_memdb.cache_entries`); a bad one is built again and replaced, with a
+  warning saying what was wrong;
+* a valid entry is read with no lock; only a process that builds takes the entry's lock
+  (:mod:`pytest_memdb.cache_lock`), and a wait of more than a few seconds says what it
+  waits for, whom, and how to get out; after :data:`~pytest_memdb.cache_lock.WAIT_S` it
+  builds without the cache;
+* a cache folder that cannot be made, read or written means building without the cache
+  for the rest of the run, with one warning.
 
 ``--cache-clear`` (pytest's) empties the folder; ``--memdb-rebuild`` builds every
 template again once in the run (once for all xdist workers of the run) and replaces it.
@@ -27,32 +30,23 @@ template again once in the run (once for all xdist workers of the run) and repla
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
-import importlib.util
-import inspect
 import json
-import os
-import sqlite3
 import sys
-import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_memdb.cache_entries import Bad, Entry, Good
+from pytest_memdb.cache_lock import NOTICE_S, WAIT_S, building
 from pytest_memdb.config import MemdbConfig, Target
+from pytest_memdb.errors import MemdbError
 from pytest_memdb.loading import load_file
 from pytest_memdb.memory import MemoryDatabase
 from pytest_memdb.pragmas import Pragmas
-
-LOCK_WAIT_S = 600.0
-"""How long a worker waits for another one to finish building a template before it
-builds its own (a build is minutes at worst; a crashed worker's lock is released by the
-system at once)."""
 
 
 class QuickCheckCache:
@@ -76,7 +70,12 @@ class QuickCheckCache:
 
 
 class TemplateCache:
-    """The cache folder of one run, and the inputs every key is made of."""
+    """The cache folder of one run (one process of it), and the inputs every key is made of.
+
+    ``warn`` gets what went wrong (a bad entry, a folder that cannot be used, a template
+    that cannot be keyed), each message once; ``announce`` what must be seen while it
+    happens (a long wait for another process's lock).
+    """
 
     def __init__(
         self,
@@ -87,6 +86,12 @@ class TemplateCache:
         base_dir: Path,
         pragmas: Pragmas,
         hook_functions: Sequence[Callable[..., Any]],
+        worker: str = "",
+        warn: Callable[[str], None] | None = None,
+        announce: Callable[[str], None] | None = None,
+        unusable: OSError | None = None,
+        wait_s: float = WAIT_S,
+        notice_s: float = NOTICE_S,
     ) -> None:
         self.folder = folder
         self.run_id = run_id
@@ -94,6 +99,15 @@ class TemplateCache:
         self._base_dir = base_dir
         self._pragmas = pragmas
         self._hooks = hook_functions
+        self._worker = worker
+        self._warn = warn or _warn
+        self._announce = announce or self._warn
+        self._wait_s = wait_s
+        self._notice_s = notice_s
+        self._said: set[str] = set()
+        self._unusable: OSError | None = unusable
+        """Why the folder cannot be used (then every template is built without it)."""
+        self._told_unusable = False
         self.built = 0
         """Templates this process built (and wrote) during the run."""
         self.loaded = 0
@@ -103,193 +117,114 @@ class TemplateCache:
         self, target: Target, name: str, build: Callable[[], MemoryDatabase]
     ) -> MemoryDatabase:
         """The template ``target`` describes: from the cache, or built and put there."""
-        key = self.key(target)
-        entry = self.folder / f"{key}.sqlite"
-        stamp = self.folder / f"{key}.run"
-        with _locked(self.folder / f"{key}.lock") as locked:
-            if locked and self._valid(entry, stamp):
-                self.loaded += 1
-                return load_file(entry, name, origin="the memdb template cache", shared=False)
-            database = build()
-            if locked:
-                _write(database, entry)
-                stamp.write_text(self.run_id, encoding="utf-8")
-            self.built += 1
-            return database
+        if self._unusable is not None:
+            return self._without_cache(build)
+        from pytest_memdb.cache_key import Uncacheable
 
-    def _valid(self, entry: Path, stamp: Path) -> bool:
-        if not entry.is_file():
-            return False
-        if not self.rebuild:
-            return True
-        try:  # --memdb-rebuild: only what this run built counts
-            return stamp.read_text(encoding="utf-8") == self.run_id
-        except OSError:
-            return False
+        try:
+            key = self.key(target)
+        except Uncacheable as exc:
+            self._say(
+                f"pytest-memdb: memdb_cache: the template of {target.describe()} is built "
+                f"without the cache: {exc}."
+            )
+            return build()
+        entry = Entry(self.folder, key)
+        try:  # no lock: entries are renamed into place whole, and verified
+            found = self._load(entry.read(), name)
+        except OSError as exc:
+            return self._without_cache(build, exc)
+        if isinstance(found, MemoryDatabase):
+            return found
+        return self._build_and_write(entry, name, build)
+
+    def _build_and_write(
+        self, entry: Entry, name: str, build: Callable[[], MemoryDatabase]
+    ) -> MemoryDatabase:
+        with contextlib.ExitStack() as held:
+            try:
+                locked = held.enter_context(
+                    building(
+                        entry,
+                        tell=self._announce,
+                        worker=self._worker,
+                        wait_s=self._wait_s,
+                        notice_s=self._notice_s,
+                    )
+                )
+                found = self._load(entry.read(), name) if locked else None
+            except OSError as exc:
+                failure: OSError | None = exc
+            else:
+                failure = None
+                if not locked:
+                    return build()
+                if isinstance(found, MemoryDatabase):  # another process built it meanwhile
+                    return found
+                database = build()
+                try:
+                    entry.write(database.anchor, self.run_id)
+                except OSError as exc:
+                    self._cannot_use(exc)
+                    return database
+                self.built += 1
+                if isinstance(found, Bad):
+                    self._say(
+                        f"pytest-memdb: the cached template {found.path} was bad "
+                        f"({found.reason}); built it again and replaced it."
+                    )
+                return database
+        return self._without_cache(build, failure)
+
+    def _load(self, found: Good | Bad | None, name: str) -> MemoryDatabase | Bad | None:
+        """The verified entry loaded; a :class:`Bad` one, or None (none, or an older
+        run's under ``--memdb-rebuild``), to be built."""
+        if not isinstance(found, Good):
+            return found
+        if self.rebuild and found.run_id != self.run_id:
+            return None
+        try:
+            database = load_file(found.path, name, origin="the memdb template cache", shared=False)
+        except MemdbError as exc:  # whole and as written, yet SQLite refuses it
+            return Bad(found.path, str(exc))
+        self.loaded += 1
+        return database
+
+    def _without_cache(
+        self, build: Callable[[], MemoryDatabase], error: OSError | None = None
+    ) -> MemoryDatabase:
+        self._cannot_use(error or self._unusable)
+        return build()
+
+    def _cannot_use(self, error: OSError | None) -> None:
+        """Say once in the run that the folder cannot be used, and stop using it."""
+        if self._told_unusable or error is None:
+            return
+        self._unusable, self._told_unusable = error, True
+        self._say(
+            f"pytest-memdb: memdb_cache cannot use its folder {self.folder} "
+            f"({type(error).__name__}: {error}); templates are built without it for the "
+            "rest of this run."
+        )
+
+    def _say(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            self._warn(message)
 
     def key(self, target: Target) -> str:
-        """The hash of everything that builds ``target``'s template (see the module doc)."""
-        digest = hashlib.sha256()
+        """The hash of everything that builds ``target``'s template
+        (:func:`pytest_memdb.cache_key.template_key`)."""
+        from pytest_memdb.cache_key import template_key
 
-        def add(label: str, value: object) -> None:
-            digest.update(f"{label}={value!r}\n".encode("utf-8", "surrogatepass"))
-
-        for package in ("pytest-memdb", "SQLAlchemy", "alembic"):
-            add(package, _version(package))
-        for module in ("templates", "loading", "migrations"):  # an editable install's changes
-            add(module, _module_hash(f"pytest_memdb.{module}"))
-        add("sqlite", sqlite3.sqlite_version)
-        add("pragmas", self._pragmas)
-        if target.file is not None:
-            for path in (target.file, Path(f"{target.file}-wal")):
-                add("file", _identity(path))
-        if target.metadata is not None:
-            from pytest_memdb.importing import import_metadata
-
-            metadata = import_metadata(target.metadata, target.metadata_origin, self._base_dir)
-            add("ddl", _ddl(metadata))
-        if target.alembic is not None:
-            add("alembic", target.alembic_revision)
-            for path in _alembic_files(target.alembic):
-                add(str(path), _file_hash(path))
-        for step in target.load:
-            if step.script is not None:
-                add(str(step.script), _file_hash(step.script))
-            elif step.callable is not None:
-                module = step.callable.partition(":")[0]
-                add(step.callable, _module_hash(module, self._base_dir))
-        for function in self._hooks:
-            add("hook", _source_hash(function))
-        return digest.hexdigest()[:32]
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
-def _identity(path: Path) -> tuple[object, ...]:
-    try:
-        info = path.stat()
-    except OSError:
-        return (str(path), None)
-    return (os.path.realpath(path), info.st_size, info.st_mtime_ns, info.st_ino)
-
-
-def _ddl(metadata: Any) -> list[str]:
-    from sqlalchemy.dialects import sqlite
-    from sqlalchemy.schema import CreateIndex, CreateTable
-
-    dialect = sqlite.dialect()
-    statements = []
-    for table in metadata.sorted_tables:
-        statements.append(str(CreateTable(table).compile(dialect=dialect)))
-        statements.extend(
-            str(CreateIndex(index).compile(dialect=dialect))
-            for index in sorted(table.indexes, key=lambda index: str(index.name))
+        return template_key(
+            target, base_dir=self._base_dir, pragmas=self._pragmas, hooks=self._hooks
         )
-    return statements
 
 
-def _alembic_files(ini: Path) -> list[Path]:
-    """The ``alembic.ini`` and every file of its script folder (``env.py``, versions)."""
-    files = [ini]
-    try:
-        from alembic.config import Config
-        from alembic.script import ScriptDirectory
-
-        folder = Path(ScriptDirectory.from_config(Config(str(ini))).dir)
-    except Exception:  # the build reports a broken setup, with the reason
-        return files
-    files.extend(
-        sorted(
-            path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts
-        )
-    )
-    return files
-
-
-def _file_hash(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return "unreadable"
-
-
-def _module_hash(module_name: str, base_dir: Path | None = None) -> str:
-    """The hash of a module's source file, found without importing it (as the build would,
-    from ``base_dir``)."""
-    module = sys.modules.get(module_name)
-    source = getattr(module, "__file__", None)
-    if source is None:
-        folder = str(base_dir) if base_dir is not None else None
-        added = folder is not None and folder not in sys.path
-        if added:
-            sys.path.insert(0, str(folder))
-        try:
-            spec = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError):
-            spec = None
-        finally:
-            if added:
-                sys.path.remove(str(folder))
-        source = spec.origin if spec is not None else None
-    return _file_hash(Path(source)) if source else module_name
-
-
-def _source_hash(function: Callable[..., Any]) -> str:
-    try:
-        source = inspect.getsourcefile(function)
-    except TypeError:
-        source = None
-    return _file_hash(Path(source)) if source else repr(function)
-
-
-def _write(database: MemoryDatabase, entry: Path) -> None:
-    """Write the template to ``entry`` whole or not at all (a reader never sees half)."""
-    partial = entry.with_name(f"{entry.name}.{os.getpid()}.partial")
-    target = sqlite3.connect(partial)
-    try:
-        database.anchor.backup(target)
-    finally:
-        target.close()
-    os.replace(partial, entry)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on ``path`` (True), or give up after :data:`LOCK_WAIT_S`
-    (False: build without writing to the cache)."""
-    try:
-        import fcntl
-    except ImportError:  # not on Windows: no lock, every worker builds and writes in turn
-        yield True
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    warnings.warn(
-                        f"pytest-memdb: waited {LOCK_WAIT_S:.0f} s for another worker to "
-                        f"build the template cached at {path.with_suffix('.sqlite')}; "
-                        "building it here instead.",
-                        pytest.PytestWarning,
-                        stacklevel=3,
-                    )
-                    yield False
-                    return
-                time.sleep(0.05)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _warn(message: str) -> None:
+    """A warning for pytest's summary, placed at the plugin rather than at a line of it."""
+    warnings.warn_explicit(message, pytest.PytestWarning, filename="pytest-memdb", lineno=0)
 
 
 def quick_check_cache(config: pytest.Config) -> QuickCheckCache | None:
@@ -313,8 +248,14 @@ def template_cache(config: pytest.Config, settings: MemdbConfig) -> TemplateCach
         )
         return None
     workerinput = getattr(config, "workerinput", {})
+    unusable = None
+    try:  # pytest's own mkdir: it also writes the cache folder's .gitignore and README
+        folder = cache.mkdir("pytest-memdb")
+    except OSError as exc:  # pytest itself only warns when it cannot write its cache
+        unusable = exc
+        folder = Path(getattr(cache, "_cachedir", ".pytest_cache"), "d", "pytest-memdb")
     return TemplateCache(
-        cache.mkdir("pytest-memdb"),
+        folder,
         run_id=workerinput.get("testrunuid") or uuid.uuid4().hex,
         rebuild=settings.rebuild,
         base_dir=settings.base_dir,
@@ -322,4 +263,25 @@ def template_cache(config: pytest.Config, settings: MemdbConfig) -> TemplateCach
         hook_functions=[
             impl.function for impl in config.hook.pytest_memdb_template.get_hookimpls()
         ],
+        worker=workerinput.get("workerid", ""),
+        announce=_announcer(config),
+        unusable=unusable,
     )
+
+
+def _announcer(config: pytest.Config) -> Callable[[str], None]:
+    """Print a message at once, past pytest's capture, and warn it (the summary)."""
+
+    def announce(message: str) -> None:
+        capture: Any = config.pluginmanager.getplugin("capturemanager")
+        reporter: Any = config.pluginmanager.getplugin("terminalreporter")
+        paused = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+        with paused:
+            if reporter is not None and not hasattr(config, "workerinput"):
+                reporter.write_line(message)
+            else:  # an xdist worker: its stderr is the terminal's
+                sys.stderr.write(message + "\n")
+                sys.stderr.flush()
+        _warn(message)
+
+    return announce

@@ -78,7 +78,7 @@ def run_migrations(
         else f"{str(ini)!r} (revision {target.alembic_revision!r})"
     )
     _require_alembic(where)
-    config, script = _load_project(ini, where)
+    config, script = load_project(ini, where)
     env_py = Path(script.env_py_location)
     try:
         wants_async = bool(_ASYNC_ENV.search(env_py.read_text(encoding="utf-8")))
@@ -122,7 +122,7 @@ def _require_alembic(where: str) -> None:
         ) from None
 
 
-def _load_project(ini: Path, where: str) -> tuple[Config, ScriptDirectory]:
+def load_project(ini: Path, where: str) -> tuple[Config, ScriptDirectory]:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
@@ -147,7 +147,7 @@ def _load_project(ini: Path, where: str) -> tuple[Config, ScriptDirectory]:
             "script_location = %(here)s/alembic)."
         )
     try:
-        with _sys_path_kept():
+        with sys_path_kept():
             script = ScriptDirectory.from_config(config)
     except CommandError as exc:
         relative = (
@@ -196,7 +196,7 @@ def _upgrade(
         with (
             _guard(build, outcome),
             _no_logging_config(),
-            _sys_path_kept(),
+            sys_path_kept(),
             engine.connect() as connection,
             connection.begin(),
         ):
@@ -328,7 +328,7 @@ def _no_logging_config() -> Iterator[None]:
 
 
 @contextmanager
-def _sys_path_kept() -> Iterator[None]:
+def sys_path_kept() -> Iterator[None]:
     """Alembic prepends ``prepend_sys_path`` to ``sys.path``; the test run gets it back."""
     saved = list(sys.path)
     try:
