@@ -13,4 +13,3 @@ async def add_book(title: str, author: str) -> None:
 async def count_books() -> int:
     async with engine.connect() as connection:  # the module's own copy of the engine
         return await connection.scalar(select(func.count()).select_from(Book))
-

@@ -24,7 +24,7 @@ class BookIn(BaseModel):
 async def list_books(session: AsyncSession = Depends(get_session)):
     books = (await session.scalars(select(Book))).all()
     authors = [await session.get(Author, book.author_id) for book in books]  # one query each
-    return [{"title": b.title, "author": a.name} for b, a in zip(books, authors)]
+    return [{"title": b.title, "author": a.name} for b, a in zip(books, authors, strict=True)]
 
 
 @app.post("/books", status_code=201)
