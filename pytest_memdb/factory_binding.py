@@ -123,9 +123,10 @@ def _with_install_hint(exc: MemdbError) -> MemdbError:
     """The import error, saying what to install when factory_boy or polyfactory is missing."""
     cause = exc.__cause__
     if isinstance(cause, ModuleNotFoundError) and cause.name in ("factory", "polyfactory"):
+        text, see, link = str(exc).partition("\nSee ")  # the hint goes before the link line
         return MemdbError(
-            f"{str(exc).rstrip('.')}. Install the factory libraries: "
-            "pip install 'pytest-memdb[factories]'"
+            f"{text.rstrip('.')}. Install the factory libraries: "
+            f"pip install 'pytest-memdb[factories]'{see}{link}"
         )
     return exc
 
