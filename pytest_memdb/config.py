@@ -16,7 +16,14 @@ from typing import Any, cast
 import pytest
 
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.messages import BAD_VALUE, NO_SOURCE
+from pytest_memdb.messages import (
+    BAD_BOOL,
+    BAD_DOTTED_PATH,
+    BAD_VALUE,
+    FACTORIES_NOT_INSTALLED,
+    NO_SOURCE,
+    UNKNOWN_OPTION,
+)
 from pytest_memdb.options import BOOL_INI_OPTIONS, INI_OPTIONS
 from pytest_memdb.options import ISOLATION_MODES as ISOLATION_MODES
 from pytest_memdb.options import RESTORE_WAYS as RESTORE_WAYS
@@ -355,11 +362,7 @@ def check_dotted(value: object, origin: str) -> str:
     """A ``package.module:Name`` path, checked for shape only (importing waits for first use)."""
     if isinstance(value, str) and _DOTTED.match(value.strip()):
         return value.strip()
-    raise MemdbError(
-        f"pytest-memdb: {origin} got {value!r}; expected a dotted path such as "
-        "'myapp.models:Base' (a module importable from the ini file's folder, a colon, and "
-        "a DeclarativeBase subclass or a MetaData in it)."
-    )
+    raise MemdbError(BAD_DOTTED_PATH(origin=origin, value=value))
 
 
 def parse_bind(entries: object, origin: str) -> tuple[str, ...]:
@@ -407,10 +410,7 @@ def parse_factories(entries: object, origin: str) -> tuple[str, ...]:
             )
         modules.append(entry)
     if modules and not any(_installed(name) for name in FACTORY_LIBRARIES):
-        raise MemdbError(
-            f"pytest-memdb: {origin} names factory modules, but neither factory_boy nor "
-            "polyfactory can be imported. Install them: pip install 'pytest-memdb[factories]'"
-        )
+        raise MemdbError(FACTORIES_NOT_INSTALLED(origin=origin))
     return tuple(modules)
 
 
@@ -430,10 +430,7 @@ def _ini_bool(config: pytest.Config, name: str, ini_name: str) -> bool:
     try:
         return bool(config.getini(name))
     except (ValueError, TypeError, pytest.UsageError) as exc:  # pytest 8.4, 9 (TOML), 9
-        raise MemdbError(
-            f"pytest-memdb: {name} in {ini_name}: {exc}; expected true or false (pytest also "
-            "reads yes/no, on/off, 1/0, y/n, t/f)."
-        ) from None
+        raise MemdbError(BAD_BOOL(name=name, ini_name=ini_name, error=exc)) from None
 
 
 def _optional_dotted(config: pytest.Config, name: str, ini_name: str) -> str | None:
@@ -459,8 +456,9 @@ def check_ini_keys(inicfg: Iterable[str], ini_name: str) -> None:
             close = difflib.get_close_matches(key, INI_OPTIONS, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise MemdbError(
-                f"pytest-memdb: unknown option {key!r} in {ini_name}.{hint} The options are: "
-                f"{', '.join(INI_OPTIONS)}."
+                UNKNOWN_OPTION(
+                    key=key, ini_name=ini_name, hint=hint, options=", ".join(INI_OPTIONS)
+                )
             )
 
 

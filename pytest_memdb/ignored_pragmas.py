@@ -19,6 +19,7 @@ import re
 import pytest
 
 from pytest_memdb.errors import MemdbWarning
+from pytest_memdb.messages import IGNORED_PRAGMA
 from pytest_memdb.statements import from_first_keyword
 
 _SETTING = re.compile(
@@ -44,10 +45,4 @@ def ignored(statement: str, wanted: int, current: int) -> IgnoredPragmaWarning:
     shown = " ".join(statement.split())[:200]
     state = "ON" if current else "OFF"
     setting = "ON" if wanted else "OFF"
-    return IgnoredPragmaWarning(
-        f"pytest-memdb: {shown!r} did nothing: SQLite ignores PRAGMA foreign_keys inside a "
-        "transaction, and rollback isolation runs every test inside one, so foreign keys "
-        f"stay {state} in this test. Set it on every connection before the test's "
-        f"transaction begins: memdb_pragmas = foreign_keys={setting} in the ini file (or run "
-        'the test in copy isolation: @pytest.mark.memdb(isolation="copy")).'
-    )
+    return IgnoredPragmaWarning(IGNORED_PRAGMA(statement=shown, state=state, setting=setting))

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import MetaData
 
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.messages import IMPORT_FAILED
+from pytest_memdb.messages import IMPORT_FAILED, NOT_A_METADATA
 
 
 def import_object(dotted: str, origin: str, base_dir: Path) -> Any:
@@ -126,10 +126,7 @@ def import_metadata(dotted: str, origin: str, base_dir: Path) -> MetaData:
     metadata = getattr(found, "metadata", None) if isinstance(found, type) else None
     if isinstance(metadata, MetaData):
         return metadata
-    raise MemdbError(
-        f"pytest-memdb: {origin} {dotted!r} is {describe(found)}; expected a DeclarativeBase "
-        "subclass (class Base(DeclarativeBase)) or a sqlalchemy.MetaData."
-    )
+    raise MemdbError(NOT_A_METADATA(origin=origin, dotted=dotted, found=describe(found)))
 
 
 def describe(obj: object) -> str:

@@ -63,7 +63,7 @@ from typing import Protocol
 
 from pytest_memdb.errors import FixtureFileError, MemdbWarning
 from pytest_memdb.memory import MemoryDatabase, file_uri
-from pytest_memdb.messages import FIXTURE_FILE
+from pytest_memdb.messages import FIXTURE_FILE, HOT_JOURNAL
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_PATH_LIMIT = 504
@@ -168,17 +168,7 @@ class _HotJournal(Exception):
 
 def _rolled_back(path: Path, origin: str) -> str:
     journal = f"{os.path.realpath(path)}-journal"
-    return (
-        f"pytest-memdb: the fixture file {str(path)!r} (from {origin}) has a hot journal "
-        f"beside it ({journal!r}): a process that was writing to the file stopped (crashed "
-        "or was killed) in the middle of a transaction, so the file holds part of an "
-        "unfinished write. Its committed state was loaded instead: SQLite rolled the "
-        "journal back in a private copy of both files (deleted since); your two files were "
-        "only read and are unchanged. To repair the file itself, open it once read-write "
-        f"(for example: sqlite3 {str(path)!r} 'PRAGMA quick_check'), which rolls the "
-        "journal back; do not delete the -journal file, or the unfinished write stays in "
-        "the file."
-    )
+    return HOT_JOURNAL(path=str(path), origin=origin, journal=journal)
 
 
 def _needs_rollback(error: sqlite3.Error) -> bool:

@@ -39,24 +39,11 @@ from sqlalchemy.pool import NullPool
 from pytest_memdb.config import Target
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.memory import MemoryDatabase, unique_name
-from pytest_memdb.messages import SEEDING_FAILED
+from pytest_memdb.messages import ALEMBIC_ENV, ALEMBIC_MISSING, SCHEMA_DRIFT, SEEDING_FAILED
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-
-INSTALL_HINT = "pip install 'pytest-memdb[alembic]'"
-
-RECIPE = """\
-    def run_migrations_online() -> None:
-        connectable = config.attributes.get("connection", None)
-        if connectable is not None:  # pytest-memdb (or any caller) lends its connection
-            context.configure(connection=connectable, target_metadata=target_metadata)
-            with context.begin_transaction():
-                context.run_migrations()
-            return
-        ...  # your own engine, as before"""
-"""Alembic's "sharing a connection" recipe (its cookbook), as the guard's error shows it."""
 
 _ASYNC_ENV = re.compile(r"\b(async_engine_from_config|create_async_engine|AsyncEngine)\b")
 _BACKUP_GIVE_UP_AFTER = 5.0
@@ -116,10 +103,8 @@ def _require_alembic(where: str) -> None:
         import alembic.runtime.environment
         import alembic.script  # noqa: F401
     except ImportError as exc:
-        raise MemdbError(
-            f"pytest-memdb: {where} needs Alembic, which cannot be imported "
-            f"({type(exc).__name__}: {exc}). Install it with: {INSTALL_HINT}"
-        ) from None
+        error = f"{type(exc).__name__}: {exc}"
+        raise MemdbError(ALEMBIC_MISSING(where=where, error=error)) from None
 
 
 def load_project(ini: Path, where: str) -> tuple[Config, ScriptDirectory]:
@@ -351,14 +336,7 @@ def _failure(where: str, outcome: _Outcome, script: ScriptDirectory) -> MemdbErr
     assert error is not None
     if outcome.refused:
         return MemdbError(
-            f"pytest-memdb: {where}: env.py ({script.env_py_location}) tried to connect to "
-            f"{outcome.refused[0]} instead of the database pytest-memdb builds the template "
-            "in; it was stopped before connecting, so nothing was migrated. pytest-memdb "
-            "puts that database's URL in sqlalchemy.url and lends a connection to it in "
-            "config.attributes['connection']. Make env.py take it (Alembic's \"sharing a "
-            'connection" recipe), at the top of run_migrations_online():\n'
-            f"{RECIPE}\n"
-            "or build its engine from config's sqlalchemy.url instead of its own URL."
+            ALEMBIC_ENV(where=where, env_py=script.env_py_location, url=outcome.refused[0])
         )
     if isinstance(error, MemdbError):
         return error
@@ -426,11 +404,13 @@ def check_drift(
         return
     lines = [f"  - {_describe(diff)}" for diff in _flatten(differences)]
     raise MemdbError(
-        f"pytest-memdb: the migrated schema does not match the models: the migrations of "
-        f"{where} and {target.metadata!r} ({target.metadata_origin}) differ "
-        f"({len(lines)} difference(s), from Alembic's autogenerate comparison):\n"
-        + "\n".join(lines)
-        + "\nAdd a migration for them (alembic revision --autogenerate) or change the models."
+        SCHEMA_DRIFT(
+            where=where,
+            metadata=target.metadata,
+            origin=target.metadata_origin,
+            count=len(lines),
+            differences="\n".join(lines),
+        )
     )
 
 

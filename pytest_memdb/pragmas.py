@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.messages import BAD_PRAGMA
 
 if TYPE_CHECKING:
     import sqlite3
@@ -65,18 +66,27 @@ def parse_pragmas(lines: Iterable[str], origin: str) -> Pragmas:
             name = name.lower()
             if not sep or not _NAME.match(name) or not _VALUE.match(value):
                 raise MemdbError(
-                    f"pytest-memdb: {origin}: {line!r} is not a 'name=value' pragma "
-                    "(for example foreign_keys=ON)."
+                    BAD_PRAGMA(
+                        origin=origin,
+                        problem=f"{line!r} is not a 'name=value' pragma (for example "
+                        "foreign_keys=ON).",
+                    )
                 )
             if name not in known:
                 raise MemdbError(
-                    f"pytest-memdb: {origin}: unknown pragma {name!r} in {line!r} "
-                    "(SQLite would silently ignore it)."
+                    BAD_PRAGMA(
+                        origin=origin,
+                        problem=f"unknown pragma {name!r} in {line!r} (SQLite would silently "
+                        "ignore it).",
+                    )
                 )
             if name in _NOT_PER_CONNECTION:
                 raise MemdbError(
-                    f"pytest-memdb: {origin}: {line!r} cannot be set per connection: "
-                    f"{_NOT_PER_CONNECTION[name]}."
+                    BAD_PRAGMA(
+                        origin=origin,
+                        problem=f"{line!r} cannot be set per connection: "
+                        f"{_NOT_PER_CONNECTION[name]}.",
+                    )
                 )
             _check_takes_effect(probe, name, value, line, origin)
             pairs.append((name, value))
@@ -94,7 +104,9 @@ def _check_takes_effect(
         probe.execute(f"PRAGMA {name}={value}").fetchall()
         after: Sequence[object] | None = probe.execute(f"PRAGMA {name}").fetchone()
     except sqlite3.Error as exc:
-        raise MemdbError(f"pytest-memdb: {origin}: {line!r} failed in SQLite: {exc}.") from None
+        raise MemdbError(
+            BAD_PRAGMA(origin=origin, problem=f"{line!r} failed in SQLite: {exc}.")
+        ) from None
     if after is None:  # a pragma without a value to read back (for example optimize)
         return
     got = after[0]
@@ -108,8 +120,11 @@ def _check_takes_effect(
         got, wanted = str(got).lower(), value.lower()
     if got != wanted:
         raise MemdbError(
-            f"pytest-memdb: {origin}: SQLite did not accept {line!r} "
-            f"(reading {name} back gave {after[0]!r}); check the value."
+            BAD_PRAGMA(
+                origin=origin,
+                problem=f"SQLite did not accept {line!r} (reading {name} back gave "
+                f"{after[0]!r}); check the value.",
+            )
         )
 
 

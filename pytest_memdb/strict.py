@@ -24,6 +24,7 @@ from sqlalchemy import Engine, event
 
 from pytest_memdb.callers import caller, fixture_running
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.messages import STRICT
 
 Names = Callable[[], Iterable[str]]
 
@@ -124,10 +125,13 @@ class StrictGuard:
                 "a scoped fixture, from its layer's URL (memdb_module.url or .sync_url, "
                 "memdb_class's, memdb_suite's)."
             )
-        message = (
-            f"pytest-memdb (memdb_strict): {who} opened the SQLite database "
-            f"{database or ':memory:'!r} through SQLAlchemy, which is not one of {whose}, at "
-            f"{caller()}. {advice}{self._nested}"
+        message = STRICT(
+            who=who,
+            database=database or ":memory:",
+            whose=whose,
+            where=caller(),
+            advice=advice,
+            nested=self._nested,
         )
         self.violations.append(message)
         raise MemdbError(message)

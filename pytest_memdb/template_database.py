@@ -18,7 +18,7 @@ from pytest_memdb.errors import IsolationError, MemdbError
 from pytest_memdb.isolation import STRATEGIES, EngineSource, Save, Strategy
 from pytest_memdb.janitor import MemdbHandle
 from pytest_memdb.memory import MemoryDatabase, SourceLocked, unique_name
-from pytest_memdb.messages import ROLLBACK_ESCAPE
+from pytest_memdb.messages import RESET_BLOCKED, ROLLBACK_ESCAPE
 from pytest_memdb.pragmas import Pragmas
 from pytest_memdb.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers
 from pytest_memdb.stats import MemdbStats
@@ -148,12 +148,7 @@ class Template:
             raise
         restarted = strategy.begin(working)  # begun again in any case: teardown ends it
         if not restored:
-            raise MemdbError(
-                f"pytest-memdb: memdb.reset() could not restore {working.database.name}: "
-                "a connection the test opened itself (an engine built from memdb_url, a "
-                "raw sqlite3 connection) holds a read or a write open on it. Commit or "
-                "close it before the reset."
-            )
+            raise MemdbError(RESET_BLOCKED(name=working.database.name))
         if escape is not None:
             self.stats.escapes += 1
             raise IsolationError(ROLLBACK_ESCAPE(how=escape))

@@ -1,7 +1,7 @@
-"""The error messages of :mod:`pytest_memdb.messages` and the README's Troubleshooting
-section are one source: each message is quoted there as it renders, under its id's
-anchor; each quote there is a message the plugin can still print; each printed message
-links to its entry."""
+"""The messages of :mod:`pytest_memdb.messages` and the docs' errors page are one source:
+each message is quoted on ``docs/reference/errors.md`` as it renders, under the heading
+of its id (``### `no-source` {#no-source}``); each quote there is a message the plugin can
+still print; each printed message links to its entry on the docs site."""
 
 from __future__ import annotations
 
@@ -15,57 +15,56 @@ from pytest_memdb import messages
 from pytest_memdb.messages import DOCS, MESSAGES
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-ANCHOR = re.compile(r'^<a id="(troubleshooting-[^"]*)"></a>$')
+ERRORS = ROOT / "docs" / "reference" / "errors.md"
+HEADING = re.compile(r"^#{2,4} .*\{#([a-z0-9-]+)\}\s*$")
 
 
-def troubleshooting() -> dict[str, list[str]]:
-    """The Troubleshooting section's quotes (``text`` blocks), by the anchor above them."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
-    quotes: dict[str, list[str]] = {}
-    anchor = None
-    previous = ""
+def quotes() -> dict[str, list[str]]:
+    """The page's quotes (``text`` blocks), by the anchor of the heading above them."""
+    found: dict[str, list[str]] = {}
+    anchor = "(before any anchored heading)"
     block: list[str] | None = None
-    for line in section.splitlines():
+    for line in ERRORS.read_text(encoding="utf-8").splitlines():
         if block is not None:
             if line == "```":
-                quotes.setdefault(anchor or "(before any anchor)", []).append("\n".join(block))
+                found.setdefault(anchor, []).append("\n".join(block))
                 block = None
             else:
                 block.append(line)
         elif line == "```text":
             block = []
-        elif line.startswith("### "):  # a heading without an anchor ends the last entry
-            found = ANCHOR.match(previous)
-            anchor = found.group(1) if found else None
-        previous = line
-    return quotes
+        elif line.startswith("#"):
+            heading = HEADING.match(line)
+            anchor = heading.group(1) if heading else f"(under {line!r})"
+    return found
 
 
-def test_every_message_is_quoted_in_the_readme_as_it_renders() -> None:
-    quotes = troubleshooting()
+def test_every_message_is_quoted_on_the_errors_page_as_it_renders() -> None:
+    found = quotes()
     for message in MESSAGES.values():
-        assert quotes.get(message.anchor) == [message.example_text()], (
-            f"README.md's Troubleshooting entry {message.anchor!r} must quote, in one text "
-            f"block under its anchor, exactly:\n{message.example_text()}"
+        assert found.get(message.id) == [message.example_text()], (
+            f"docs/reference/errors.md's entry {message.id!r} (a heading ending in "
+            f"{{#{message.id}}}) must quote, in one text block, exactly:\n"
+            f"{message.example_text()}"
         )
 
 
-def test_every_quote_in_the_readme_is_a_message_the_plugin_prints() -> None:
-    known = {message.anchor for message in MESSAGES.values()}
-    quotes = troubleshooting()
-    assert quotes, "no quote found in README.md's Troubleshooting section"
-    stale = sorted(set(quotes) - known)
-    assert not stale, f"Troubleshooting entries with no message in messages.py: {stale}"
+def test_every_quote_on_the_errors_page_is_a_message_the_plugin_prints() -> None:
+    found = quotes()
+    assert found, "no quote found on docs/reference/errors.md"
+    stale = sorted(set(found) - set(MESSAGES))
+    assert not stale, f"quotes on errors.md under no message of messages.py: {stale}"
 
 
 def test_printed_messages_link_to_their_entry() -> None:
+    site = re.search(r"^site_url: (\S+)$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    assert site is not None
+    assert site.group(1).rstrip("/") + "/reference/errors/" == DOCS
     for id, message in MESSAGES.items():
         assert re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", id), id
         printed = message(**message.example)
-        assert printed == (f"{message.example_text()}\nSee {DOCS}#troubleshooting-{id}")
-        assert printed.startswith("pytest-memdb: ")
+        assert printed == f"{message.example_text()}\nSee {DOCS}#{id}"
+        assert printed.startswith("pytest-memdb")
 
 
 def test_every_message_is_used_by_the_plugin() -> None:
@@ -87,7 +86,7 @@ def test_every_message_is_used_by_the_plugin() -> None:
 
 @pytest.mark.parametrize("message", MESSAGES.values(), ids=list(MESSAGES))
 def test_a_message_renders_only_with_its_fields(message: messages.Message) -> None:
-    """Its example names every field the template has (a template with a field the README's
-    example leaves out could not be rendered there)."""
+    """Its example names every field the template has (a template with a field the errors
+    page's example leaves out could not be rendered there)."""
     fields = set(re.findall(r"\{(\w+)[^}]*\}", message.template))
     assert fields == set(message.example)

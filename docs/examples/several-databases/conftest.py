@@ -1,5 +1,6 @@
-from make_data import make_analytics
 from pytest_memdb import memdb_factory
+
+from make_data import make_analytics
 
 make_analytics()  # tests/data/analytics.sqlite, once
 

@@ -1,11 +1,11 @@
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from pytest_memdb import InMemoryDatabase
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from myapp.models import Book
-from pytest_memdb import InMemoryDatabase
 
 db = InMemoryDatabase(mode="mmap")  # read-only data; leave mode out for the memory copy
 
