@@ -46,6 +46,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.importing import describe, import_module
+from pytest_memdb.messages import FACTORY_NEEDS_IO, POLYFACTORY_CREATE_SYNC
 
 SessionKind = Literal["async", "sync"]
 KINDS = "factory_boy SQLAlchemyModelFactory or polyfactory SQLAlchemyFactory subclass"
@@ -123,7 +124,7 @@ def _with_install_hint(exc: MemdbError) -> MemdbError:
     """The import error, saying what to install when factory_boy or polyfactory is missing."""
     cause = exc.__cause__
     if isinstance(cause, ModuleNotFoundError) and cause.name in ("factory", "polyfactory"):
-        text, see, link = str(exc).partition("\nSee ")  # the hint before the link line
+        text, see, link = str(exc).partition("\nSee ")  # the hint goes before the link line
         return MemdbError(
             f"{text.rstrip('.')}. Install the factory libraries: "
             f"pip install 'pytest-memdb[factories]'{see}{link}"
@@ -275,15 +276,7 @@ class FactoryBinding:
                 if persistence is not None
                 else f"sqlalchemy_get_or_create = {tuple(meta.sqlalchemy_get_or_create)!r}"
             )
-            raise MemdbError(
-                f"pytest-memdb: {cls.__name__} has {what}, which needs database I/O, but in "
-                "this test it writes through memdb_session, an AsyncSession, and synchronous "
-                "factory code cannot wait for async I/O. Either set "
-                "sqlalchemy_session_persistence = None (the rows are written when the test "
-                "awaits memdb_session.flush() or commit(), or runs a query), or create them "
-                f"in `await memdb_session.run_sync(lambda _: {cls.__name__}.create())`, or "
-                "use memdb_sync_session in this test (factories then write through it)."
-            )
+            raise MemdbError(FACTORY_NEEDS_IO(factory=cls.__name__, what=what))
         return self._async_session().sync_session
 
     def _bind_polyfactory(self, cls: type[Any]) -> None:
@@ -300,13 +293,7 @@ class FactoryBinding:
         if self.kind == "sync":
             return self._sync_session()
         if not in_greenlet():
-            raise MemdbError(
-                f"pytest-memdb: {cls.__name__}.create_sync() needs database I/O (polyfactory "
-                "flushes or commits), but in "
-                "this test factories write through memdb_session, an AsyncSession, whose I/O "
-                f"synchronous code cannot wait for. Use `await {cls.__name__}.create_async()` "
-                "(or create_batch_async), or use memdb_sync_session in this test."
-            )
+            raise MemdbError(POLYFACTORY_CREATE_SYNC(factory=cls.__name__))
         return self._async_session().sync_session
 
 
