@@ -279,7 +279,8 @@ class MemdbConfig:
         if kwargs.get("bind") is not None:
             bind_origin = "@pytest.mark.memdb(bind=...)"
             bind = parse_bind(kwargs["bind"], bind_origin)
-        if file is None and metadata is None and alembic is None and not load:
+        # memdb_takeover alone: a suite that makes its own tables starts from an empty one
+        if file is None and metadata is None and alembic is None and not load and not self.takeover:
             raise MemdbError(NO_SOURCE())
         return Target(
             file,

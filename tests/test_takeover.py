@@ -409,3 +409,53 @@ def test_bad_patterns_stop_the_run(pytester: pytest.Pytester, pattern: str, mess
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*memdb_takeover in pytest.ini got {pattern!r}*{message}*"])
+
+
+# A suite whose tests make their own tables (many Bases, one table name in several: sqladmin's
+# 14 `users` tables) names no template: with memdb_takeover, the template is empty.
+NO_TEMPLATE_CONFTEST = """
+    import pytest
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.orm import Session
+
+    from app.models import Base
+
+
+    @pytest.fixture
+    def session():
+        engine = create_engine("sqlite:///test.db")
+        had_tables = inspect(engine).get_table_names()
+        Base.metadata.create_all(engine)  # no drop_all: the next test must not see the table
+        with Session(engine) as session:
+            yield session, had_tables
+"""
+
+NO_TEMPLATE_TESTS = """
+    from app.models import Item
+
+
+    def test_1(session):
+        session, had_tables = session
+        assert had_tables == []
+        session.add(Item(name="a"))
+        session.commit()
+
+
+    def test_2(session):
+        session, had_tables = session
+        assert had_tables == []
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_takeover_alone_gives_an_empty_template(pytester: pytest.Pytester, isolation: str) -> None:
+    project(pytester, {"conftest.py": NO_TEMPLATE_CONFTEST, "test_items.py": NO_TEMPLATE_TESTS})
+    write_ini(
+        pytester,
+        memdb_isolation=isolation,
+        memdb_takeover="sqlite:///test.db",
+        memdb_strict="true",
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=2)
+    no_database_files(pytester)

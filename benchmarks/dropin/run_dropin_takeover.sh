@@ -26,8 +26,8 @@
 #                     fastapi_sql_tutorial_memdb.toml, put under [tool.pytest].
 #
 # What each swap takes (the files say why): sqladmin and starlette-admin, memdb_takeover
-# and a no-op `memdb_load = builtins:id` (pytest-memdb asks for a template source even
-# when the suite makes its own tables: that line goes once takeover alone is accepted);
+# alone (the template is empty: the suites make their own tables; the runs measured below
+# had a no-op `memdb_load = builtins:id` instead, from before takeover alone was accepted);
 # the tutorial, memdb_takeover and memdb_metadata. Plus `memdb_strict = true` in each.
 #
 # Measured (RUNS=3, medians, 2 shared cores): every test kept its outcome in every swapped
