@@ -110,7 +110,7 @@ class _SharedAioConnection(MemdbAioConnection):
             self.memdb_on_close()
         future = self.stop()
         if future is not None:
-            with contextlib.suppress(asyncio.TimeoutError):  # a worker stopped already
+            with contextlib.suppress(TimeoutError):  # a worker stopped already
                 await asyncio.wait_for(future, CLOSE_WAIT_S)
 
     def stop(self) -> asyncio.Future[Any] | None:

@@ -348,9 +348,7 @@ def _pytest_command() -> list[str]:
     script = Path(sys.executable).with_name("pytest")
     if script.is_file():
         return [str(script)]
-    if sys.version_info >= (3, 11):
-        return [sys.executable, "-P", "-m", "pytest"]  # -P: the folder is not on sys.path
-    return [sys.executable, "-m", "pytest"]
+    return [sys.executable, "-P", "-m", "pytest"]  # -P: the folder is not on sys.path
 
 
 PYTEST = _pytest_command()
