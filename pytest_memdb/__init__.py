@@ -31,7 +31,7 @@ __all__ = [
     "QueryCounter",
     "memdb_factory",
 ]
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _LAZY = {
     "IgnoredPragmaWarning": "pytest_memdb.ignored_pragmas",

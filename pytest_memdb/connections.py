@@ -21,14 +21,8 @@ Out of reach: state set by C code on the raw ``sqlite3*`` handle, behind Python.
 from __future__ import annotations
 
 import sqlite3
-import sys
 from collections.abc import Callable
-from typing import Any, Literal
-
-if sys.version_info >= (3, 11):
-    from typing import Self
-else:  # pragma: no cover
-    from typing_extensions import Self
+from typing import Any, Literal, Self
 
 from pytest_memdb.statements import leading_verb
 

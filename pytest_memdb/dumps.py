@@ -55,13 +55,14 @@ def save_connection_view(connection: sqlite3.Connection, path: Path) -> Path:
 
     ``backup()`` from a connection inside a write transaction waits forever on its
     own lock and ``VACUUM INTO`` refuses to run in a transaction; ``serialize()``
-    (Python 3.11+) copies the image at once, ``iterdump()`` rebuilds it elsewhere.
+    copies the image at once; ``iterdump()`` rebuilds it elsewhere where this Python's SQLite
+    has no serialize API (``sqlite3.Connection.serialize`` is missing then).
     """
     serialize = getattr(connection, "serialize", None)
     with _writing(path) as partial:
         if serialize is not None:
             partial.write_bytes(serialize())
-        else:  # Python 3.10
+        else:  # a SQLite built without the serialize API
             target = sqlite3.connect(partial, isolation_level=None)
             try:
                 target.executescript("\n".join(connection.iterdump()))

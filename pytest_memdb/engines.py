@@ -95,7 +95,7 @@ class MemdbAioConnection(aiosqlite.Connection):
             try:
                 await asyncio.wait_for(super().close(), CLOSE_WAIT_S)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._connection = None
         if self.memdb_raw is not None:

@@ -173,10 +173,7 @@ def _rolled_back(path: Path, origin: str) -> str:
 
 def _needs_rollback(error: sqlite3.Error) -> bool:
     """Whether SQLite refused a read-only open because a hot journal needs rolling back."""
-    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
-    if code is not None:
-        return bool(code == _READONLY_ROLLBACK)
-    return str(error) == "attempt to write a readonly database"
+    return error.sqlite_errorcode == _READONLY_ROLLBACK
 
 
 def _checkpointed_copy(path: Path, scratch: Path, *, origin: str) -> tuple[Path, bool]:

@@ -181,6 +181,12 @@ class LayerBoundaries:
 
     name = "memdb-layer-boundaries"
 
+    def __init__(self) -> None:
+        self._set_up: dict[pytest.FixtureDef[object], Writer] = {}
+        """Each scoped fixture as it was set up, its parameter included: pytest before 9
+        tears a parametrized fixture moving on to its next parameter down with the request
+        of that *next* parameter, so the request at teardown may name the wrong one."""
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         _check_layers(item.config, f"a fixture of {item.nodeid}")
@@ -203,6 +209,8 @@ class LayerBoundaries:
         if fixturedef.scope == "function" and not layer_names:
             return (yield)
         writer = _writer(fixturedef, request)
+        if fixturedef.scope != "function":
+            self._set_up[fixturedef] = writer
         try:
             with (
                 registry.layers.fixture(writer, fixturedef.scope) as watch,
@@ -229,10 +237,16 @@ class LayerBoundaries:
         self, fixturedef: pytest.FixtureDef[object], request: SubRequest
     ) -> None:
         """A fixture torn down while its layer lives (a parametrized one moving on to its
-        next parameter): its rows leave the layer."""
+        next parameter): its rows leave the layer. pytest before 9 calls this again for a
+        fixture already torn down (no cached result then): nothing to do."""
+        if fixturedef.scope == "function" or fixturedef.cached_result is None:
+            return
+        writer = self._set_up.pop(fixturedef, None)
+        if writer is None:  # set up before the first layer was
+            writer = _writer(fixturedef, request)
         registry = request.config.stash.get(registry_key, None)
-        if registry is not None and registry.layers and fixturedef.scope != "function":
-            registry.layers.finished(_writer(fixturedef, request))
+        if registry is not None and registry.layers:
+            registry.layers.finished(writer)
 
 
 _LAYER_NAMES = frozenset(LAYER_FIXTURES.values())

@@ -110,7 +110,7 @@ class _SharedAioConnection(MemdbAioConnection):
             self.memdb_on_close()
         future = self.stop()
         if future is not None:
-            with contextlib.suppress(asyncio.TimeoutError):  # a worker stopped already
+            with contextlib.suppress(TimeoutError):  # a worker stopped already
                 await asyncio.wait_for(future, CLOSE_WAIT_S)
 
     def stop(self) -> asyncio.Future[Any] | None:
@@ -386,7 +386,15 @@ class SharedConnection:
             if id(conn) in self._savepoints or not is_write(statement):
                 return
             if not self._write_lock.acquire_now():
-                wait()
+                try:
+                    wait()
+                except sqlite3.OperationalError as error:
+                    # As SQLAlchemy wraps SQLite's own "database is locked": 2.1 wraps what
+                    # this hook raises, 2.0 does not (the caller would get a bare sqlite3
+                    # error, which `except sqlalchemy.exc.OperationalError` misses).
+                    raise exc.DBAPIError.instance(
+                        statement, args[0], error, sqlite3.Error, dialect=conn.dialect
+                    ) from error
             self._write_lock.taken(kind)
             name = f"memdb_sp_{next(self._names)}"
             self._savepoints[id(conn)] = name

@@ -407,10 +407,12 @@ def stop_leaked_drivers():
     # the end, so the inner process can exit.
     yield
     for driver in LEAKED:
-        if hasattr(driver, "stop"):
-            driver.stop()
-        else:
+        if isinstance(driver, sqlite3.Connection):
             driver.close()
+        elif hasattr(driver, "stop"):  # aiosqlite 0.22.1 and later, from any thread
+            driver.stop()
+        else:  # aiosqlite 0.22.0: no stop(), and close() is a coroutine to run to its end
+            asyncio.run(driver.close())
 """
 
 PENDING_WRITE = (

@@ -616,7 +616,7 @@ class IsolationMachine(RuleBasedStateMachine):
         elif action == "cancel":
             try:
                 await asyncio.wait_for(session.execute(text(SLOW)), 0.01)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 pass
             except Exception as exc:
                 outcome.error = exc
@@ -653,7 +653,7 @@ class IsolationMachine(RuleBasedStateMachine):
         elif action == "cancel":
             try:
                 await asyncio.wait_for(conn.exec_driver_sql(SLOW), 0.01)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 pass
             except Exception as exc:
                 outcome.error = exc

@@ -390,7 +390,7 @@ def test_teardown_and_expected_failures(pytester: pytest.Pytester) -> None:
 
 
 class _NoSerialize:
-    """A ``sqlite3.Connection`` as Python 3.10 has it: no ``serialize()``."""
+    """A ``sqlite3.Connection`` on a SQLite built without the serialize API: no ``serialize()``."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
