@@ -34,6 +34,7 @@ FLOORED = {
     "factory-boy",
     "polyfactory",
     "sqlmodel",
+    "filelock",
 }
 """The dependencies of the package and of its extras (sqlmodel: the plugin's sessions know
 SQLModel's), whose lower bounds the floor set installs."""
