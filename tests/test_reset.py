@@ -106,10 +106,11 @@ def test_every_example_starts_from_the_template(
 ) -> None:
     _project(pytester, isolation)
     monkeypatch.setenv("MEMDB_TEST_RESET", "1")
-    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    result = pytester.runpytest_subprocess("-p", "hypothesispytest", timeout=300)
     result.assert_outcomes(passed=4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 def test_without_the_reset_the_examples_share_one_database(
     pytester: pytest.Pytester, isolation: str, monkeypatch: pytest.MonkeyPatch
@@ -117,7 +118,7 @@ def test_without_the_reset_the_examples_share_one_database(
     """The suite above can fail: without ``reset()`` the second example sees the first's row."""
     _project(pytester, isolation)
     monkeypatch.setenv("MEMDB_TEST_RESET", "0")
-    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    result = pytester.runpytest_subprocess("-p", "hypothesispytest", timeout=300)
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) >= 2, result.stdout.str()[-3000:]
 
@@ -170,7 +171,7 @@ HOSTILE = """
 def test_a_reset_reports_escapes_and_names_leaked_locks(pytester: pytest.Pytester) -> None:
     write_ini(pytester, memdb_file="data/app.sqlite")
     pytester.makepyfile(test_hostile=HOSTILE)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    result = pytester.runpytest_subprocess("-p", "hypothesispytest", timeout=300)
     result.assert_outcomes(passed=4)
 
 
