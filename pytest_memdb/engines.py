@@ -114,13 +114,26 @@ def raw_connection(dbapi_connection: object) -> TrackedConnection | None:
 async def open_aio(uri: str) -> MemdbAioConnection:
     """A new aiosqlite connection on a tracked ``sqlite3`` connection to ``uri``."""
     made: list[TrackedConnection] = []
+    abandoned: list[bool] = []
 
-    def connector() -> TrackedConnection:
+    def connector() -> TrackedConnection:  # on aiosqlite's worker thread
         made.append(connect(uri))
+        if abandoned:
+            made[0].close()
         return made[0]
 
     connection = MemdbAioConnection(connector, iter_chunk_size=64)
-    await connection
+    try:
+        await connection
+    except BaseException:
+        # Cancelled while connecting (a test's asyncio.wait_for around its first query):
+        # aiosqlite drops what its worker makes, before or after this (0.22.0 waits for the
+        # worker, 0.22.1 does not). Left open, it was collected unclosed (a ResourceWarning
+        # on Python 3.13): closed here, or by the connector when it runs later.
+        abandoned.append(True)
+        for raw in made:
+            raw.close()
+        raise
     connection.memdb_raw = made[0]
     return connection
 
@@ -192,6 +205,12 @@ class EnginePair:
         self._sync: Engine | None = None
         self._baseline: dict[int, tuple[object, ...]] = {}
         self._out: dict[int, ConnectionPoolEntry] = {}
+        self._detached: list[Any] = []
+        """Connections a pool let go of while a test held them, to close with the
+        leftovers. SQLAlchemy 2.0 cannot terminate an aiosqlite connection, so when the
+        garbage collector takes a session a test leaked, its connection is detached and
+        dropped as it is: open, its write still pending (the next restore found the
+        database locked), closed only when collected in turn (a ResourceWarning)."""
         self.stateful = False
 
     @property
@@ -262,6 +281,10 @@ class EnginePair:
         def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             self._out.pop(id(record), None)
 
+        def on_detach(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            self._out.pop(id(record), None)
+            self._detached.append(dbapi_connection)
+
         def on_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry, error: Any) -> None:
             self._out.pop(id(record), None)
             raw = raw_connection(dbapi_connection)
@@ -274,6 +297,7 @@ class EnginePair:
         event.listen(engine, "connect", on_connect)
         event.listen(engine, "checkout", on_checkout)
         event.listen(engine, "checkin", on_checkin)
+        event.listen(engine, "detach", on_detach)
         event.listen(engine, "invalidate", on_invalidate)
         event.listen(engine, "soft_invalidate", on_invalidate)
         explain_lock_errors(engine)
@@ -301,10 +325,11 @@ class EnginePair:
         gc.disable()
         try:
             leftovers, self._out = list(self._out.values()), {}
-            if leftovers:
+            detached, self._detached = self._detached, []
+            if leftovers or detached:
                 from pytest_memdb._loop import run_sync
 
-                run_sync(util.greenlet_spawn(_invalidate, leftovers))
+                run_sync(_close_leftovers(leftovers, detached))
         finally:
             if collecting:
                 gc.enable()
@@ -341,13 +366,29 @@ class EnginePair:
     async def aclose(self) -> None:
         """Close every pooled connection, so the database can be freed (engines stay usable)."""
         self._out.clear()
+        detached, self._detached = self._detached, []
         try:
+            await _close_leftovers([], detached)
             if self._async is not None:
                 await self._async.dispose()
             if self._sync is not None:
                 self._sync.dispose()
         finally:
             self.stateful = False  # after the dispose: closing a connection tells it too
+
+
+async def _close_leftovers(live: list[ConnectionPoolEntry], detached: list[Any]) -> None:
+    if live:
+        await util.greenlet_spawn(_invalidate, live)
+    for connection in detached:
+        driver = getattr(connection, "driver_connection", connection)
+        if isinstance(driver, MemdbAioConnection):
+            # Not when its worker was told to stop already: SQLAlchemy 2.1 terminates a
+            # collected session's connection itself, and the stop closes it.
+            if driver._running:
+                await driver.close()
+        elif isinstance(driver, sqlite3.Connection):
+            driver.close()
 
 
 def _invalidate(entries: list[ConnectionPoolEntry]) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, get_args
 
-from sqlalchemy import event
+from sqlalchemy import URL, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -225,9 +225,15 @@ class _MappedFile:
 
     @property
     def async_url(self) -> str:
-        # SQLAlchemy percent-decodes the database part of a URL: encode the URI's own
-        # escapes once more, or "a #1/app.db" would open (and create) "a ".
-        return f"sqlite+aiosqlite:///{self.sqlite_uri.replace('%', '%25')}&uri=true"
+        # The URI's own escapes ("a #1/app.db" is "a%20%231/app.db") must reach SQLite as
+        # they are, and SQLAlchemy 2.1 percent-decodes the database part of a URL string
+        # while 2.0 does not: its URL object writes the string that its own parser reads
+        # back ("unable to open database file" on 2.0 when the escapes were doubled here).
+        return URL.create(
+            "sqlite+aiosqlite",
+            database=file_uri(self.path, read_only=False),
+            query={"mode": "ro", "immutable": "1", "uri": "true"},
+        ).render_as_string(hide_password=False)
 
     @classmethod
     def open(cls, path: Path) -> _MappedFile:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,48 @@ import pytest
 # Import the plugin's heavy half once in the outer process: pytester restores sys.modules
 # after every in-process run, so without this each inner run would import SQLAlchemy anew.
 import pytest_memdb.registry  # noqa: F401
-from tests.helpers import make_sqlite
+from tests.helpers import INNER_ADDOPTS, make_sqlite
+
+RUN_SLOW_ENV = "MEMDB_RUN_SLOW"
+SLOW_REASON = (
+    "slow test (soak, load, state machine, many inner runs): left out of the default run; "
+    f"run it with --run-slow or {RUN_SLOW_ENV}=1 (CI does)"
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help=f"run the tests marked slow too (or set {RUN_SLOW_ENV}=1); CI runs them",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"slow: {SLOW_REASON}")
+
+
+def run_slow(config: pytest.Config) -> bool:
+    return bool(config.getoption("--run-slow")) or os.environ.get(RUN_SLOW_ENV, "") not in (
+        "",
+        "0",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if run_slow(config):
+        return
+    skip = pytest.mark.skip(reason=SLOW_REASON)
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if run_slow(config):
+        return "slow tests: run (--run-slow or MEMDB_RUN_SLOW=1)"
+    return f"slow tests: left out (skipped); run them with --run-slow or {RUN_SLOW_ENV}=1"
 
 
 @pytest.fixture
@@ -18,10 +60,8 @@ def app_db(pytester: pytest.Pytester) -> Path:
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester, with pytest-randomly and pytest-rerunfailures (installed for the tests that
-    run under them) off in the inner runs unless a test turns them on: most inner suites
-    check what test 2 sees after test 1, and rerunfailures starts a server thread that the
-    thread checks would count. pytester clears ``PYTEST_ADDOPTS`` when it is made, so it is
-    set after."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly -p no:rerunfailures")
+    """pytester, with the installed plugins the inner runs do not need off unless a test
+    turns them on (:data:`tests.helpers.INNER_ADDOPTS` says which, and why). pytester clears
+    ``PYTEST_ADDOPTS`` when it is made, so it is set after."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", INNER_ADDOPTS)
     return pytester

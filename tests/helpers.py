@@ -11,6 +11,16 @@ import pytest
 
 USERS = [("ada", "ada@example.com"), ("brian", "brian@example.com"), ("grace", "grace@example.com")]
 
+INNER_ADDOPTS = "-p no:randomly -p no:rerunfailures -p no:hypothesispytest -p no:faker"
+"""``PYTEST_ADDOPTS`` of every inner run (``tests/conftest.py``'s ``pytester``): the plugins
+installed for the project's own tests that an inner run does not need, off unless a test
+turns one on (``-p randomly``, ``-p hypothesispytest``). Most inner suites check what test
+2 sees after test 1, which pytest-randomly would reorder; rerunfailures starts a server
+thread that the thread checks would count. Hypothesis's and Faker's plugins import their
+libraries at start-up: 1.8 s of the 3.0 s a one-test inner ``runpytest_subprocess`` took
+(1.2 s without them, measured here); an inner project that uses Hypothesis imports it
+itself, and one whose test of the plugin wants Hypothesis's own plugin turns it on."""
+
 
 def make_sqlite(path: Path, *, users: int = len(USERS), wal_rows: int = 0) -> Path:
     """Write a SQLite file with a ``user`` table of ``users`` rows.

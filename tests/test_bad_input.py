@@ -367,6 +367,7 @@ def ini_safe(raw: str) -> bool:
     return raw == raw.strip() and raw.isprintable()
 
 
+@pytest.mark.slow
 @settings(PYTESTER, max_examples=25)
 @given(
     location=odd_location(),
@@ -433,6 +434,7 @@ def test_plain():
 """
 
 
+@pytest.mark.slow
 @settings(PYTESTER, max_examples=20)
 @given(how=damage, isolation=st.sampled_from(ISOLATION_MODES))
 def test_damaged_file_end_to_end(
@@ -487,6 +489,7 @@ def test_2(memdb_sync_session):
 """
 
 
+@pytest.mark.slow
 @settings(PYTESTER, max_examples=6)
 @given(
     first=st.integers(0, 50),

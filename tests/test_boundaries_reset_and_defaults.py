@@ -45,7 +45,7 @@ def _project(pytester: pytest.Pytester, isolation: str, suite: str) -> None:
 def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.RunResult:
     for key, value in WIDE.items():
         monkeypatch.setenv(key, value)
-    return pytester.runpytest_subprocess("-p", "no:randomly", "-rA", timeout=300)
+    return pytester.runpytest_subprocess("-p", "hypothesispytest", "-rA", timeout=300)
 
 
 EXAMPLES = """

@@ -672,3 +672,54 @@ def test_the_template_is_private_and_a_write_to_it_is_caught(tmp_path: Path) -> 
             handle.close()
     finally:
         registry.close()
+
+
+# --- a connect cancelled half-way -----------------------------------------------------------
+
+
+def test_a_connect_cancelled_half_way_closes_the_connection_it_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A test's ``asyncio.wait_for`` around its first query can cancel the engine's connect
+    after aiosqlite's worker made the ``sqlite3`` connection: it must be closed, not left
+    for the garbage collector (which Python 3.13 reports as a ResourceWarning)."""
+    import asyncio
+    import threading
+
+    import pytest_memdb.engines as engines
+    from pytest_memdb.memory import MemoryDatabase, unique_name
+
+    made: list[sqlite3.Connection] = []
+    workers: list[threading.Thread] = []
+    connect = engines.connect
+
+    def recording_connect(uri: str) -> sqlite3.Connection:
+        workers.append(threading.current_thread())
+        made.append(connect(uri))
+        return made[-1]
+
+    monkeypatch.setattr(engines, "connect", recording_connect)
+    database = MemoryDatabase(unique_name("escapes", "cancel"))
+
+    async def cancel_the_connect() -> None:
+        task = asyncio.ensure_future(engines.open_aio(database.sqlite_uri))
+        await asyncio.sleep(0)  # the connect is queued on aiosqlite's worker thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(500):  # aiosqlite 0.22.1 lets the worker connect after the cancel
+            if workers:
+                break
+            await asyncio.sleep(0.01)
+        assert len(workers) == 1, "aiosqlite's worker made no connection"
+        await asyncio.to_thread(workers[0].join, 5)  # it stops right after (loop still open)
+        assert not workers[0].is_alive()
+
+    try:
+        asyncio.run(cancel_the_connect())
+        with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+            made[0].execute("SELECT 1")
+    finally:
+        for connection in made:
+            connection.close()
+        database.close()

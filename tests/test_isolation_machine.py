@@ -850,6 +850,7 @@ def _state_diff(state: tuple[Any, ...]) -> dict[str, tuple[Any, Any]]:
     }
 
 
+@pytest.mark.slow
 def test_every_test_starts_from_the_template(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1367,6 +1367,7 @@ def add_blob_table(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_every_test_starts_from_its_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("pytest_memdb") and hasattr(module, "BUSY_TIMEOUT_S"):

@@ -182,11 +182,8 @@ def test_layers_in_order(pytester: pytest.Pytester, isolation: str) -> None:
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 @pytest.mark.parametrize("seed", ["1", "2", "3"])
-def test_layers_under_pytest_randomly(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str, seed: str
-) -> None:
+def test_layers_under_pytest_randomly(pytester: pytest.Pytester, isolation: str, seed: str) -> None:
     _project(pytester, isolation)
-    monkeypatch.delenv("PYTEST_ADDOPTS")
     result = pytester.runpytest_subprocess("-p", "randomly", f"--randomly-seed={seed}", timeout=300)
     result.assert_outcomes(passed=TESTS)
     result.stdout.fnmatch_lines([f"Using --randomly-seed={seed}"])

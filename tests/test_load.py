@@ -87,6 +87,7 @@ async def test_concurrent_sessions(request, memdb, memdb_sessionmaker, mode, i):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [None, 2], ids=["one-process", "xdist-n2"])
 def test_seventy_concurrent_sessions_per_test_in_every_mode(
     pytester: pytest.Pytester, workers: int | None

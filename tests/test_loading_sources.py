@@ -240,6 +240,7 @@ while time.monotonic() < deadline:
 """
 
 
+@pytest.mark.slow
 def test_a_file_being_written_loads_as_one_committed_state(tmp_path: Path) -> None:
     db = tmp_path / "live" / "app.sqlite"
     db.parent.mkdir()

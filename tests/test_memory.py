@@ -10,6 +10,7 @@ TESTS = 600
 ROWS = 20_000  # about 1 MB of fixture file: a leaked copy per test would add up to ~600 MB
 
 
+@pytest.mark.slow
 def test_rss_is_flat_over_hundreds_of_copy_mode_tests(pytester: pytest.Pytester) -> None:
     source = make_sqlite(pytester.path / "data" / "app.sqlite", users=ROWS)
     size_mb = source.stat().st_size / 2**20

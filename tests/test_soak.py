@@ -84,6 +84,7 @@ async def test_write_and_read(memdb_session, i):
 """
 
 
+@pytest.mark.slow
 def test_two_thousand_copy_mode_tests_keep_memory_fds_and_threads_flat(
     pytester: pytest.Pytester,
 ) -> None:
