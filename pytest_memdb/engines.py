@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import sqlite3
 from typing import Any
 
@@ -37,6 +36,7 @@ from sqlalchemy import Engine, create_engine, event, exc, util
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 
+from pytest_memdb.collector import collection_paused
 from pytest_memdb.connections import (
     BUSY_TIMEOUT_S,
     TrackedConnection,
@@ -315,24 +315,18 @@ class EnginePair:
         timeout; in ``copy`` mode it would keep the working database locked. Closing the
         connection rolls the pending write back.
 
-        The garbage collector is kept from running meanwhile: a leaked session that it
-        collects makes SQLAlchemy terminate that session's connection, from whichever
-        thread it runs in, and doing so while the same connection is being invalidated
-        here failed SQLAlchemy's own checks (seen once in a few hundred Hypothesis
-        examples that each leaked a session).
+        The garbage collector is kept from running meanwhile
+        (:mod:`pytest_memdb.collector`): finalizing a leaked session while the same
+        connection is invalidated here failed SQLAlchemy's own checks (seen once in a few
+        hundred Hypothesis examples that each leaked a session).
         """
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collection_paused():
             leftovers, self._out = list(self._out.values()), {}
             detached, self._detached = self._detached, []
             if leftovers or detached:
                 from pytest_memdb._loop import run_sync
 
                 run_sync(_close_leftovers(leftovers, detached))
-        finally:
-            if collecting:
-                gc.enable()
 
     def pending_writer(self) -> TrackedConnection | None:
         """A connection a test holds (checked out) with a transaction open, if there is one."""

@@ -60,6 +60,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from pytest_memdb._loop import run_sync
 from pytest_memdb.callers import place
+from pytest_memdb.collector import collection_paused
 from pytest_memdb.connections import TrackedConnection, connect, leaves_connection_state
 from pytest_memdb.dumps import save_connection_view
 from pytest_memdb.engines import CLOSE_WAIT_S, MemdbAioConnection, listeners
@@ -215,10 +216,13 @@ class SharedConnection:
         self.raw.arm(self._state_left)  # after SQLAlchemy registered its own functions
 
     async def _dispose_engines(self) -> None:
+        """Close the pools' one connection each; see :mod:`pytest_memdb.collector` for why
+        the collector waits meanwhile."""
         self._disposing = True
         try:
-            await self.async_engine.dispose()
-            self.sync_engine.dispose()
+            with collection_paused():
+                await self.async_engine.dispose()
+                self.sync_engine.dispose()
         finally:
             self._disposing = False
 
@@ -305,7 +309,8 @@ class SharedConnection:
     async def _renew_async_connection(self) -> None:
         self._disposing = True
         try:
-            await self.async_engine.dispose()
+            with collection_paused():
+                await self.async_engine.dispose()
         finally:
             self._disposing = False
         await self._prime_async_pool()
