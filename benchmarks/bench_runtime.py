@@ -128,7 +128,7 @@ async def worker(way: str, path: Path, rows: int, seed: int) -> None:
     from sqlalchemy.pool import AsyncAdaptedQueuePool
 
     from pytest_memdb import InMemoryDatabase
-    from pytest_memdb.memory import file_uri
+    from pytest_memdb.sqlite.memory import file_uri
 
     rng = random.Random(seed)
     pk, window, scans = text(PK_SQL), text(RANGE_SQL), [text(sql) for sql in SCAN_SQL]

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 from pytest_memdb.errors import FixtureFileError, IsolationError, MemdbError, MemdbWarning
 
 if TYPE_CHECKING:
-    from pytest_memdb.factories import memdb_factory
-    from pytest_memdb.ignored_pragmas import IgnoredPragmaWarning
-    from pytest_memdb.janitor import MemdbHandle
-    from pytest_memdb.layers import MemdbLayer
-    from pytest_memdb.queries import CapturedQueries, QueryCounter
+    from pytest_memdb.core.janitor import MemdbHandle
+    from pytest_memdb.core.layers import MemdbLayer
+    from pytest_memdb.integrations.queries import CapturedQueries, QueryCounter
+    from pytest_memdb.plugin.factories import memdb_factory
     from pytest_memdb.runtime import InMemoryDatabase
+    from pytest_memdb.sqlite.ignored_pragmas import IgnoredPragmaWarning
 
 __all__ = [
     "CapturedQueries",
@@ -34,13 +34,13 @@ __all__ = [
 __version__ = "0.4.0"
 
 _LAZY = {
-    "IgnoredPragmaWarning": "pytest_memdb.ignored_pragmas",
+    "IgnoredPragmaWarning": "pytest_memdb.sqlite.ignored_pragmas",
     "InMemoryDatabase": "pytest_memdb.runtime",
-    "MemdbHandle": "pytest_memdb.janitor",
-    "MemdbLayer": "pytest_memdb.layers",
-    "memdb_factory": "pytest_memdb.factories",
-    "QueryCounter": "pytest_memdb.queries",
-    "CapturedQueries": "pytest_memdb.queries",
+    "MemdbHandle": "pytest_memdb.core.janitor",
+    "MemdbLayer": "pytest_memdb.core.layers",
+    "memdb_factory": "pytest_memdb.plugin.factories",
+    "QueryCounter": "pytest_memdb.integrations.queries",
+    "CapturedQueries": "pytest_memdb.integrations.queries",
 }
 
 

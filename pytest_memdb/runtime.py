@@ -43,18 +43,18 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
-from pytest_memdb._loop import run_sync
-from pytest_memdb.engines import EnginePair, open_aio
+from pytest_memdb.core._loop import run_sync
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.loading import (
+from pytest_memdb.sqlite.engines import EnginePair, open_aio
+from pytest_memdb.sqlite.loading import (
     SQLITE_PATH_LIMIT,
     check_fixture_file,
     file_error,
     load_file,
     sqlite_text,
 )
-from pytest_memdb.memory import MemoryDatabase, file_uri, unique_name
-from pytest_memdb.pragmas import Pragmas, apply_pragmas, parse_pragmas
+from pytest_memdb.sqlite.memory import MemoryDatabase, file_uri, unique_name
+from pytest_memdb.sqlite.pragmas import Pragmas, apply_pragmas, parse_pragmas
 
 Mode = Literal["memory", "mmap"]
 """How :class:`InMemoryDatabase` serves the file: a copy in memory, or the file itself mapped."""

@@ -7,7 +7,7 @@ import pytest
 
 # Import the plugin's heavy half once in the outer process: pytester restores sys.modules
 # after every in-process run, so without this each inner run would import SQLAlchemy anew.
-import pytest_memdb.registry  # noqa: F401
+import pytest_memdb.core.registry  # noqa: F401
 from tests.helpers import INNER_ADDOPTS, make_sqlite
 
 RUN_SLOW_ENV = "MEMDB_RUN_SLOW"

@@ -30,11 +30,11 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from pytest_memdb.config import ISOLATION_MODES, parse_isolation
+from pytest_memdb.core.config import ISOLATION_MODES, parse_isolation
 from pytest_memdb.errors import FixtureFileError, MemdbError
-from pytest_memdb.loading import load_file
-from pytest_memdb.memory import unique_name
 from pytest_memdb.messages import BAD_VALUE, FIXTURE_FILE
+from pytest_memdb.sqlite.loading import load_file
+from pytest_memdb.sqlite.memory import unique_name
 from tests.helpers import digest, make_sqlite, write_ini
 
 INNER_ARGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from pytest_memdb import pages
-from pytest_memdb.memory import MemoryDatabase, unique_name
+from pytest_memdb.sqlite import pages
+from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 from tests.boundaries import WIDE, outcomes, tail
 from tests.helpers import write_ini
 

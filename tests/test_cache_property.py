@@ -1,7 +1,7 @@
 """The cache's one promise, as a property: whatever the inputs were edited to between
 runs, the template it hands out is the one a build without the cache gives.
 
-Drives the core (:class:`pytest_memdb.cache.TemplateCache` and ``build_template``) with
+Drives the core (:class:`pytest_memdb.core.cache.TemplateCache` and ``build_template``) with
 no pytest session, so each example is fast: a run is a new cache object (a new run id)
 on the same cache folder, with the project's modules imported anew, as a new process
 would. The inputs: a fixture file (edited in place: same inode, often the same size),
@@ -35,10 +35,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection
 
-from pytest_memdb.cache import TemplateCache
-from pytest_memdb.config import LoadStep, Target
-from pytest_memdb.memory import MemoryDatabase, unique_name
-from pytest_memdb.templates import build_template
+from pytest_memdb.core.cache import TemplateCache
+from pytest_memdb.core.config import LoadStep, Target
+from pytest_memdb.core.templates import build_template
+from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 
 EXAMPLES = int(os.environ.get("MEMDB_CACHE_PROPERTY_EXAMPLES", "12"))
 PREFIX = "cacheprop_"

@@ -649,9 +649,9 @@ def test_the_template_is_private_and_a_write_to_it_is_caught(tmp_path: Path) -> 
     # No connection but the plugin's anchor reaches a template: opening its name gets an
     # empty database of one's own. And should the plugin's own code ever write it, the test
     # that was running is failed, naming the template.
-    from pytest_memdb.config import MemdbConfig, Target
+    from pytest_memdb.core.config import MemdbConfig, Target
+    from pytest_memdb.core.registry import MemdbRegistry
     from pytest_memdb.errors import MemdbError
-    from pytest_memdb.registry import MemdbRegistry
     from tests.helpers import make_sqlite
 
     path = make_sqlite(tmp_path / "app.sqlite")
@@ -686,8 +686,8 @@ def test_a_connect_cancelled_half_way_closes_the_connection_it_made(
     import asyncio
     import threading
 
-    import pytest_memdb.engines as engines
-    from pytest_memdb.memory import MemoryDatabase, unique_name
+    import pytest_memdb.sqlite.engines as engines
+    from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 
     made: list[sqlite3.Connection] = []
     workers: list[threading.Thread] = []

@@ -18,7 +18,7 @@ import threading
 import aiosqlite
 import pytest
 
-from pytest_memdb.memory import MemoryDatabase, unique_name
+from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 from tests.helpers import make_sqlite, write_ini
 
 CONFTEST = """
@@ -362,13 +362,13 @@ def test_leaked_connections_never_hang_or_leak_into_the_next_test(
 def test_statements_that_leave_connection_state_are_recognised(
     statement: str, stateful: bool
 ) -> None:
-    from pytest_memdb.engines import leaves_connection_state
+    from pytest_memdb.sqlite.engines import leaves_connection_state
 
     assert leaves_connection_state(statement) is stateful
 
 
 def _template(tmp_path_factory: pytest.TempPathFactory) -> MemoryDatabase:
-    from pytest_memdb.loading import load_file
+    from pytest_memdb.sqlite.loading import load_file
 
     path = make_sqlite(tmp_path_factory.mktemp("fast") / "app.sqlite")
     return load_file(path, unique_name("test", "fast"), origin="test")

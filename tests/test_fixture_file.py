@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import pytest_memdb.registry  # noqa: F401  (see INNER_ARGS)
+import pytest_memdb.core.registry  # noqa: F401  (see INNER_ARGS)
 from tests.helpers import crash_mid_transaction, digest, make_hot_journal, make_sqlite, write_ini
 
 # pytester restores sys.modules after each in-process run, so a module first
@@ -257,8 +257,8 @@ def test_hot_journal_beside_a_path_too_long_for_sqlite_is_rolled_back_too(
     """Such a file is copied into a private folder before SQLite opens it: its journal must
     come along, or the copy holds the crashed writer's half-written pages."""
     from pytest_memdb import MemdbWarning
-    from pytest_memdb.loading import SQLITE_PATH_LIMIT, load_file
-    from pytest_memdb.memory import unique_name
+    from pytest_memdb.sqlite.loading import SQLITE_PATH_LIMIT, load_file
+    from pytest_memdb.sqlite.memory import unique_name
 
     deep = tmp_path
     while len(os.fsencode(deep)) <= SQLITE_PATH_LIMIT:

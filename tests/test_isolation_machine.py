@@ -68,9 +68,9 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pytest_memdb import errors
-from pytest_memdb._loop import run_sync
-from pytest_memdb.config import MemdbConfig, Target
-from pytest_memdb.registry import MemdbRegistry
+from pytest_memdb.core._loop import run_sync
+from pytest_memdb.core.config import MemdbConfig, Target
+from pytest_memdb.core.registry import MemdbRegistry
 from tests.helpers import make_sqlite
 
 IsolationError: type[BaseException] | None = getattr(errors, "IsolationError", None)

@@ -71,13 +71,13 @@ from sqlalchemy import Integer, MetaData, String, create_engine, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from pytest_memdb import pages
-from pytest_memdb._loop import run_sync
-from pytest_memdb.config import Target
+from pytest_memdb.core._loop import run_sync
+from pytest_memdb.core.config import Target
+from pytest_memdb.core.layers import MemdbLayer, Writer
+from pytest_memdb.core.registry import MemdbRegistry
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.factory_binding import FactoryBinding
-from pytest_memdb.layers import MemdbLayer, Writer
-from pytest_memdb.registry import MemdbRegistry
+from pytest_memdb.integrations.factory_binding import FactoryBinding
+from pytest_memdb.sqlite import pages
 from tests.helpers import make_sqlite
 from tests.test_isolation_machine import (
     ACTIONS,

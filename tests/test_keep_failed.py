@@ -401,8 +401,8 @@ class _NoSerialize:
 
 @pytest.mark.parametrize("serialize", [True, False], ids=["serialize", "iterdump"])
 def test_connection_view_includes_its_open_transaction(tmp_path: Path, serialize: bool) -> None:
-    from pytest_memdb.dumps import save_connection_view
-    from pytest_memdb.memory import MemoryDatabase, unique_name
+    from pytest_memdb.sqlite.dumps import save_connection_view
+    from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 
     database = MemoryDatabase(unique_name("keep", "view"))
     conn = sqlite3.connect(database.sqlite_uri, uri=True, isolation_level=None)

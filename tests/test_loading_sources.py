@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from pytest_memdb.errors import FixtureFileError
-from pytest_memdb.loading import load_file
-from pytest_memdb.memory import unique_name
+from pytest_memdb.sqlite.loading import load_file
+from pytest_memdb.sqlite.memory import unique_name
 from tests.helpers import digest, make_sqlite, write_ini
 
 ORIGIN = "--memdb-file"

@@ -157,9 +157,9 @@ def test_the_timeout_names_the_other_threads_connection(memdb, memdb_sync_sessio
     import pytest
     from sqlalchemy.exc import OperationalError
 
-    import pytest_memdb.connections
+    import pytest_memdb.sqlite.connections
 
-    monkeypatch.setattr(pytest_memdb.connections, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(pytest_memdb.sqlite.connections, "BUSY_TIMEOUT_S", 0.2)
     wrote, finish = threading.Event(), threading.Event()
     thread = threading.Thread(target=writer, args=(memdb, wrote, finish))
     thread.start()

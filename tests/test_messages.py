@@ -76,7 +76,7 @@ def test_every_message_is_used_by_the_plugin() -> None:
     }
     assert {id(vars(messages)[name]) for name in names} == {id(m) for m in MESSAGES.values()}
     used: set[str] = set()
-    for path in (ROOT / "pytest_memdb").glob("*.py"):
+    for path in (ROOT / "pytest_memdb").rglob("*.py"):
         if path.name == "messages.py":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))

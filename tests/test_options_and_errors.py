@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import pytest_memdb.registry  # noqa: F401  (see INNER_ARGS)
+import pytest_memdb.core.registry  # noqa: F401  (see INNER_ARGS)
 from tests.helpers import digest, make_sqlite, write_ini
 
 # pytester restores sys.modules after each in-process run, so a module first
@@ -251,7 +251,7 @@ def test_runs_without_memdb_fixtures_do_not_import_sqlalchemy(
         import sys
 
         def test_nothing_heavy_loaded():
-            heavy = [m for m in ("sqlalchemy", "aiosqlite", "pytest_memdb.registry")
+            heavy = [m for m in ("sqlalchemy", "aiosqlite", "pytest_memdb.core.registry")
                      if m in sys.modules]
             assert heavy == []
             assert "pytest_memdb.plugin" in sys.modules
@@ -672,7 +672,7 @@ def test_every_registered_ini_option_is_known_to_the_typo_check(
 ) -> None:
     """The typo check's list of options is the list pytest was given, so a new option can
     never be reported as unknown (or missing from its suggestions)."""
-    from pytest_memdb.config import INI_OPTIONS
+    from pytest_memdb.core.config import INI_OPTIONS
 
     write_ini(pytester)
     registered = _ini_options_in_help(pytester)

@@ -1,4 +1,4 @@
-"""Page restores (pytest_memdb.pages): every restored copy equals the template, page for page.
+"""Page restores (``sqlite/pages.py``): every restored copy equals the template, page for page.
 
 Real SQLite databases through the real ``memdb-pages`` VFS; no pytest plugin involved
 except in the last tests, which run real pytest sessions.
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_memdb import pages
-from pytest_memdb.memory import MemoryDatabase, unique_name
+from pytest_memdb.sqlite import pages
+from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 
 
 def test_the_page_vfs_is_available_here() -> None:

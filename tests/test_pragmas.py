@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from pytest_memdb import InMemoryDatabase, MemdbError
-from pytest_memdb.pragmas import parse_pragmas
+from pytest_memdb.sqlite.pragmas import parse_pragmas
 from tests.helpers import write_ini
 
 MODES = ["copy", "rollback", "session"]
@@ -381,7 +381,7 @@ def test_no_warning_where_the_pragma_works_or_changes_nothing(
     ],
 )
 def test_foreign_keys_setting_reads_what_sqlite_would(statement: str, value: int | None) -> None:
-    from pytest_memdb.ignored_pragmas import foreign_keys_setting
+    from pytest_memdb.sqlite.ignored_pragmas import foreign_keys_setting
 
     assert foreign_keys_setting(statement) == value
     if value is not None:  # and SQLite agrees, outside a transaction

@@ -14,7 +14,7 @@ from tests.helpers import digest, write_ini
 pytestmark = pytest.mark.usefixtures("app_db")
 
 CONFTEST = """
-import pytest_memdb.loading as loading
+import pytest_memdb.sqlite.loading as loading
 
 _load = loading._load
 

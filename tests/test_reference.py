@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 import pytest_memdb
-from pytest_memdb import config, hooks, options
+from pytest_memdb.core import config
+from pytest_memdb.plugin import hooks, options
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference"
@@ -291,7 +292,7 @@ def _is_error(name: str) -> bool:
 
 
 def test_the_api_page_names_each_class_attribute_that_exists() -> None:
-    from pytest_memdb.factory_binding import FactoryBinding
+    from pytest_memdb.integrations.factory_binding import FactoryBinding
 
     classes: dict[str, type] = {
         name: getattr(pytest_memdb, name)

@@ -48,10 +48,10 @@ asyncio.run(main())
 
 TEST_ENGINES_SCRIPT = """\
 from pathlib import Path
-from pytest_memdb.engines import EnginePair
-from pytest_memdb.loading import load_file
-from pytest_memdb.memory import unique_name
-from pytest_memdb.savepoints import SharedConnection
+from pytest_memdb.sqlite.engines import EnginePair
+from pytest_memdb.sqlite.loading import load_file
+from pytest_memdb.sqlite.memory import unique_name
+from pytest_memdb.sqlite.savepoints import SharedConnection
 
 database = load_file(Path(sys.argv[1]), unique_name("exit", "test"), origin="test")
 pair = EnginePair(database, echo=False)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_memdb.config import LoadStep, Target
+from pytest_memdb.core.config import LoadStep, Target
+from pytest_memdb.core.templates import build_template, split_sql
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.memory import MemoryDatabase, unique_name
-from pytest_memdb.templates import build_template, split_sql
+from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 from tests.helpers import digest, write_ini
 
 MODELS = """

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_memdb.queries import TRANSACTION_CONTROL
-from pytest_memdb.savepoints import is_write
-from pytest_memdb.statements import leading_verb
+from pytest_memdb.core.statements import leading_verb
+from pytest_memdb.integrations.queries import TRANSACTION_CONTROL
+from pytest_memdb.sqlite.savepoints import is_write
 
 
 @pytest.mark.parametrize(

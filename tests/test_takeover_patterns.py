@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.nesting import OUTER_INI, announce, nested_in
-from pytest_memdb.takeover_patterns import parse_takeover
+from pytest_memdb.integrations.takeover_patterns import parse_takeover
+from pytest_memdb.plugin.nesting import OUTER_INI, announce, nested_in
 
 
 def matches(pattern: str, driver: str, database: str) -> bool:

@@ -1,6 +1,6 @@
 """In-process micro-benchmarks: the session start-up (file to memory) and the per-test copy.
 
-They time pytest-memdb's own building blocks (``pytest_memdb.loading.load_file``,
+They time pytest-memdb's own building blocks (``pytest_memdb.sqlite.loading.load_file``,
 ``MemoryDatabase.copy``, ``restore_from``) beside the seed's ``backup()`` and plain byte
 copies, in the benchmark's own process: no subprocess, so fractions of a millisecond
 stay visible. Each round takes a few samples per method, in an order that rotates.
@@ -21,7 +21,7 @@ from memdb_bench.common import median, rotate
 from memdb_bench.data import Fixture
 
 if TYPE_CHECKING:
-    from pytest_memdb.memory import MemoryDatabase
+    from pytest_memdb.sqlite.memory import MemoryDatabase
 
 Samples = dict[tuple[str, str], list[float]]
 """Milliseconds by (size label, method)."""
@@ -71,7 +71,7 @@ class MicroBench:
 
     def __init__(self, scratch: Path) -> None:
         # Imported here, not at the top: the benchmark's other parts run without the plugin.
-        from pytest_memdb import loading, memory
+        from pytest_memdb.sqlite import loading, memory
 
         self.memory = memory
         self.loading = loading
@@ -217,7 +217,7 @@ class _Remembered:
     """pytest's cache as a later run sees it: this file passed ``quick_check`` before."""
 
     def __init__(self, path: Path) -> None:
-        from pytest_memdb.loading import file_identity
+        from pytest_memdb.sqlite.loading import file_identity
 
         self._identity = json.dumps(file_identity(path))
 
