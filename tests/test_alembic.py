@@ -196,12 +196,12 @@ def test_async_env_py_works_unchanged_even_inside_a_running_loop(
         + """
 
 async def test_template_built_inside_a_running_loop(request):
-    from pytest_memdb.plugin import registry_key, settings_key, _registry
+    from pytest_memdb.plugin.state import registry, settings_key
 
     target = request.config.stash[settings_key].target_for(request.node)
     # A second template (another fixture's): built here, while this test's loop runs.
     other = type(target)(**{**target.__dict__, "fixture": "other"})
-    template = _registry(request.config).template(other)
+    template = registry(request.config).template(other)
     tables = template.database.anchor.execute(
         "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
     ).fetchall()

@@ -24,7 +24,7 @@ from tests.helpers import make_sqlite, write_ini
 CONFTEST = """
 import pytest
 
-from pytest_memdb.plugin import registry_key
+from pytest_memdb.plugin.state import registry_key
 
 
 def pytest_sessionfinish(session):

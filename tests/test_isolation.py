@@ -19,7 +19,7 @@ CHECKS = """
     import pytest
     from sqlalchemy import text
 
-    from pytest_memdb.plugin import registry_key, settings_key
+    from pytest_memdb.plugin.state import registry_key, settings_key
 
     INSERT = text("INSERT INTO user (name, email) VALUES (:name, :email)")
     BASE = ["ada", "brian", "grace"]

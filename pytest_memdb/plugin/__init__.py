@@ -9,50 +9,42 @@ work under pytest-asyncio (any mode, any loop scope) and anyio alike.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import warnings
-from collections.abc import Callable, Collection, Generator, Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_memdb.core.config import LAYER_FIXTURES, MARKER_ARGS, MemdbConfig, Target
+from pytest_memdb.core.config import MARKER_ARGS, MemdbConfig
 from pytest_memdb.core.stats import MemdbStats
-from pytest_memdb.errors import MemdbError, MemdbWarning
+from pytest_memdb.errors import MemdbError
 from pytest_memdb.messages import ASYNC_SESSION_IN_DEF_TEST
-from pytest_memdb.plugin import hooks, mistakes
+from pytest_memdb.plugin import hooks, mistakes, state
+from pytest_memdb.plugin.boundaries import check_layers
+from pytest_memdb.plugin.collection import find_mistakes, first_function_scoped
 from pytest_memdb.plugin.nesting import announce, nested_in
+from pytest_memdb.plugin.opening import innermost_layer, open_database, open_layer
 from pytest_memdb.plugin.options import add_options
+from pytest_memdb.plugin.report import sources
+from pytest_memdb.plugin.state import (
+    STATS_OUTPUT,
+    current_item_key,
+    nested_key,
+    open_handles_key,
+    settings_key,
+    stats_key,
+    strict_key,
+    takeover_key,
+)
 
 if TYPE_CHECKING:
-    from _pytest.fixtures import SubRequest
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
     from sqlalchemy.orm import Session
 
     from pytest_memdb.core.janitor import MemdbHandle
-    from pytest_memdb.core.layers import MemdbLayer, Writer
-    from pytest_memdb.core.registry import MemdbRegistry
-    from pytest_memdb.integrations.factory_binding import FactoryBinding, FactoryModules
+    from pytest_memdb.core.layers import MemdbLayer
+    from pytest_memdb.integrations.factory_binding import FactoryBinding
     from pytest_memdb.integrations.queries import QueryCounter
-    from pytest_memdb.integrations.strict import StrictGuard
-    from pytest_memdb.integrations.takeover import Takeover
-
-settings_key = pytest.StashKey[MemdbConfig]()
-registry_key = pytest.StashKey["MemdbRegistry"]()
-strict_key = pytest.StashKey["StrictGuard"]()
-takeover_key = pytest.StashKey["Takeover"]()
-nested_key = pytest.StashKey[str | None]()
-"""The ini file of the pytest run this one was started from, when it reads the same one."""
-open_handles_key = pytest.StashKey[list[tuple[str, "MemdbHandle"]]]()
-"""The databases a test holds, by fixture name, for ``--memdb-keep-failed``."""
-factory_modules_key = pytest.StashKey["FactoryModules"]()
-current_item_key = pytest.StashKey[pytest.Item]()
-"""The test being run: a layer set up for it is laid on the wider layers *it* asked for."""
-stats_key = pytest.StashKey[MemdbStats]()
-"""What the plugin did in the run, for the terminal summary (:mod:`pytest_memdb.core.stats`)."""
-STATS_OUTPUT = "memdb_stats"
-"""The key of a worker's counts in xdist's ``workeroutput``."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,28 +73,23 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_memdb.integrations.takeover import Takeover
 
         config.stash[takeover_key] = Takeover(
-            settings.takeover, settings.takeover_origin, lambda: _registry(config).outside()
+            settings.takeover, settings.takeover_origin, lambda: state.registry(config).outside()
         )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """After the last session-scoped teardown, before the databases are freed (cleanups)."""
-    takeover = _takeover(config)
+    takeover = state.takeover(config)
     if takeover is not None:
         takeover.close()
-
-
-def _takeover(config: pytest.Config) -> Takeover | None:
-    """``memdb_takeover``'s listener (made at start-up), or None without the option."""
-    return config.stash.get(takeover_key, None)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     settings = config.stash.get(settings_key, None)
     if settings is None:
         return None
-    lines = [_sources(settings)]
-    takeover = _takeover(config)
+    lines = [sources(settings)]
+    takeover = state.takeover(config)
     if takeover is not None:
         lines.append(takeover.describe())
     nested = config.stash.get(nested_key, None)
@@ -114,32 +101,6 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return [line for line in lines if line] or None
 
 
-def _sources(settings: MemdbConfig) -> str:
-    sources = []
-    if settings.file is not None:
-        sources.append(f"file={settings.file} ({settings.file_origin})")
-    if settings.metadata is not None:
-        sources.append(f"metadata={settings.metadata} ({settings.metadata_origin})")
-    if settings.alembic is not None:
-        sources.append(f"alembic={settings.alembic} ({settings.alembic_revision})")
-    if settings.load:
-        sources.append(f"{len(settings.load)} load step(s)")
-    if not sources:
-        return ""
-    return f"memdb: {', '.join(sources)}, isolation={settings.isolation}, {_restore(settings)}"
-
-
-def _restore(settings: MemdbConfig) -> str:
-    """Which restore copy and rollback use, as the issue asks the header to say."""
-    if settings.restore == "backup":
-        return "restore=backup (memdb_restore)"
-    from pytest_memdb.sqlite import pages
-
-    if pages.page_vfs() is None:
-        return f"restore=backup (page restores not available: {pages.unavailable_reason})"
-    return "restore=pages written (memdb-pages VFS)"
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     settings = item.config.stash.get(settings_key, None)
@@ -147,8 +108,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     item.config.stash[current_item_key] = item
     if settings.strict:
-        _strict_guard(item.config).begin()
-    _check_layers(item.config, "something between the last test and this one")
+        state.strict_guard(item.config).begin()
+    check_layers(item.config, "something between the last test and this one")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -160,168 +121,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         opened = guard.end() if guard is not None else []
         if opened:
             raise pytest.fail.Exception("\n".join(opened), pytrace=False)
-        _check_layers(item.config, f"the teardown of {item.nodeid}")
-
-
-def _check_layers(config: pytest.Config, who: str) -> None:
-    """Every layer as its fixtures left it, at each boundary of every test (memdb or not):
-    one ``PRAGMA data_version`` a layer; a layer written by anything else is put back, and
-    the phase that did it fails (:mod:`pytest_memdb.core.layers`)."""
-    registry = config.stash.get(registry_key, None)
-    if registry is not None and registry.layers:
-        problems = registry.layers.check(who)
-        if problems:
-            raise pytest.fail.Exception("\n".join(problems), pytrace=False)
-
-
-class LayerBoundaries:
-    """The hooks that watch layers, registered when the first layer is set up (a suite
-    without layers pays nothing for them: a hook wrapper around every fixture's set-up
-    costs about 1.5 us a fixture)."""
-
-    name = "memdb-layer-boundaries"
-
-    def __init__(self) -> None:
-        self._set_up: dict[pytest.FixtureDef[object], Writer] = {}
-        """Each scoped fixture as it was set up, its parameter included: pytest before 9
-        tears a parametrized fixture moving on to its next parameter down with the request
-        of that *next* parameter, so the request at teardown may name the wrong one."""
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        _check_layers(item.config, f"a fixture of {item.nodeid}")
-        try:
-            return (yield)
-        finally:
-            _check_layers(item.config, f"the test {item.nodeid}")
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_fixture_setup(
-        self, fixturedef: pytest.FixtureDef[object], request: SubRequest
-    ) -> Generator[None, object, object]:
-        """Around the set-up of a scoped fixture (or one that asks for a layer): what it
-        wrote to a layer of its own scope is checkpointed, anything else put back and
-        reported; with ``memdb_factories``, the factories write through its layer."""
-        registry = request.config.stash.get(registry_key, None)
-        if registry is None or not registry.layers:
-            return (yield)
-        layer_names = _LAYER_NAMES.intersection(fixturedef.argnames)
-        if fixturedef.scope == "function" and not layer_names:
-            return (yield)
-        writer = _writer(fixturedef, request)
-        if fixturedef.scope != "function":
-            self._set_up[fixturedef] = writer
-        try:
-            with (
-                registry.layers.fixture(writer, fixturedef.scope) as watch,
-                _factories_for_layer(request, layer_names),
-            ):
-                result = yield
-        except MemdbError as exc:
-            fixturedef.finish(request)  # set up again by the next test, not cached as good
-            raise pytest.fail.Exception(str(exc), pytrace=False) from None
-        item = request.config.stash.get(current_item_key, None)
-        if watch.checkpointed and item is not None and item.stash.get(open_handles_key, []):
-            watch.problems.append(
-                f"pytest-memdb: the fixture {writer} wrote to a layer after the memdb of "
-                f"{item.nodeid} was made (asked for with request.getfixturevalue after "
-                "memdb): its rows are not in this test's database. Ask for it in the test's "
-                "signature, or from a fixture the test asks for."
-            )
-        if watch.problems:
-            fixturedef.finish(request)  # its rows were put back: set up again when asked
-            raise pytest.fail.Exception("\n".join(watch.problems), pytrace=False)
-        return result
-
-    def pytest_fixture_post_finalizer(
-        self, fixturedef: pytest.FixtureDef[object], request: SubRequest
-    ) -> None:
-        """A fixture torn down while its layer lives (a parametrized one moving on to its
-        next parameter): its rows leave the layer. pytest before 9 calls this again for a
-        fixture already torn down (no cached result then): nothing to do."""
-        if fixturedef.scope == "function" or fixturedef.cached_result is None:
-            return
-        writer = self._set_up.pop(fixturedef, None)
-        if writer is None:  # set up before the first layer was
-            writer = _writer(fixturedef, request)
-        registry = request.config.stash.get(registry_key, None)
-        if registry is not None and registry.layers:
-            registry.layers.finished(writer)
-
-
-_LAYER_NAMES = frozenset(LAYER_FIXTURES.values())
-
-
-def _writer(fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest) -> Writer:
-    """Which fixture this is, as layers tell them apart (name, definition, parameter)."""
-    from pytest_memdb.core.layers import Writer
-
-    param = getattr(request, "param_index", None) if fixturedef.params is not None else None
-    return Writer(fixturedef.argname, fixturedef.baseid, param)
-
-
-def _asked(item: pytest.Item, names: Collection[str] | None = None) -> frozenset[Writer]:
-    """The fixtures a test asked for (through its fixtures, or ``names``: those active now,
-    ``request.getfixturevalue`` ones too), as :func:`_writer` names them: for a name
-    overridden in a conftest or a module, the definitions actually used (the last, and each
-    one that asks for its own name, the one before it)."""
-    from pytest_memdb.core.layers import Writer
-
-    info = getattr(item, "_fixtureinfo", None)
-    definitions = getattr(info, "name2fixturedefs", {})
-    manager = getattr(item.session, "_fixturemanager", None)
-    indices = getattr(getattr(item, "callspec", None), "indices", {})
-    found = set()
-    for name in getattr(item, "fixturenames", ()) if names is None else names:
-        known = definitions.get(name)
-        if known is None and manager is not None:  # asked for with getfixturevalue
-            known = manager.getfixturedefs(name, item)
-        chain = list(known or ())
-        while chain:
-            used = chain.pop()
-            param = indices.get(name) if used.params is not None else None
-            found.add(Writer(name, used.baseid, param))
-            if name not in used.argnames:
-                break
-    return frozenset(found)
-
-
-@contextlib.contextmanager
-def _factories_for_layer(
-    request: pytest.FixtureRequest, layer_names: frozenset[str]
-) -> Iterator[None]:
-    """``memdb_factories``' factories, inside a fixture that writes a layer, write through
-    that layer's sessions (committed when the fixture's set-up returns)."""
-    modules = _factory_modules(request.config) if layer_names else None
-    if modules is None:
-        yield
-        return
-    from pytest_memdb.integrations.factory_binding import FactoryBinding
-
-    name = next(name for name in reversed(LAYER_FIXTURES.values()) if name in layer_names)
-    layer: MemdbLayer = request.getfixturevalue(name)
-    binding, sessions = FactoryBinding.for_layer(layer)
-    try:
-        binding.bind(*modules.factories())
-    except MemdbError as exc:
-        raise pytest.fail.Exception(str(exc), pytrace=False) from None
-    try:
-        yield
-        sessions.commit()
-    finally:
-        sessions.close()
-        binding.restore()
-
-
-def _strict_guard(config: pytest.Config) -> StrictGuard:
-    guard = config.stash.get(strict_key, None)
-    if guard is None:
-        from pytest_memdb.integrations.strict import StrictGuard
-
-        guard = StrictGuard(nested=config.stash.get(nested_key, None))
-        config.stash[strict_key] = guard
-        config.add_cleanup(guard.close)
-    return guard
+        check_layers(item.config, f"the teardown of {item.nodeid}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -386,152 +186,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(stats.line())
 
 
-def _registry(config: pytest.Config) -> MemdbRegistry:
-    """The session's registry, created (and SQLAlchemy imported) on first use."""
-    registry = config.stash.get(registry_key, None)
-    if registry is None:
-        from pytest_memdb.core.cache import quick_check_cache, template_cache
-        from pytest_memdb.core.registry import MemdbRegistry
-        from pytest_memdb.core.templates import hook_runner
-
-        workerinput = getattr(config, "workerinput", {})
-        settings = config.stash[settings_key]
-        stats = config.stash[stats_key]
-        stats.used = True
-        registry = MemdbRegistry(
-            settings,
-            workerinput.get("workerid", "main"),
-            hook_runner(config.hook.pytest_memdb_template, config),
-            cache=template_cache(config, settings) if settings.cache else None,
-            checked=quick_check_cache(config),
-            stats=stats,
-        )
-        config.stash[registry_key] = registry
-        from pytest_memdb.core._loop import close_private_loop
-
-        config.add_cleanup(close_private_loop)  # cleanups run last-in first-out: after close
-        config.add_cleanup(registry.close)
-    return registry
-
-
-def open_database(
-    request: pytest.FixtureRequest,
-    fixture: str,
-    target: Callable[[], Target],
-    layer: MemdbLayer | None = None,
-) -> Iterator[MemdbHandle]:
-    """Set up one database fixture: configuration errors become a clean test error.
-
-    The app objects the target binds (``memdb_bind``) point at the database for as long
-    as the fixture lives. With a ``layer``, the database is a copy of it, and the test
-    must not write to the layer itself.
-    """
-    problem = mistakes.anyio_backend_problem(request)
-    if problem is not None:
-        raise pytest.fail.Exception(problem, pytrace=False)
-    guard = request.config.stash.get(strict_key, None)
-    takeover = _takeover(request.config) if fixture == "memdb" else None
-    try:
-        wanted = target()
-        registry = _registry(request.config)
-        with (
-            guard.paused() if guard is not None else contextlib.nullcontext(),
-            takeover.paused() if takeover is not None else contextlib.nullcontext(),
-        ):  # a build (migrations, seeds) may open others
-            handle = registry.open(
-                wanted,
-                layer,
-                asked=_asked(request.node, request.fixturenames),
-                test=request.node.nodeid,
-            )
-    except MemdbError as exc:
-        raise pytest.fail.Exception(str(exc), pytrace=False) from None
-    held = request.node.stash.setdefault(open_handles_key, [])
-    held.append((fixture, handle))
-    if guard is not None:
-        guard.allow(handle.name)
-    try:
-        if takeover is not None:  # the suite's own engines connect to this database now
-            for message in takeover.begin(handle.engines_handed):
-                warnings.warn(MemdbWarning(message), stacklevel=1)
-        if wanted.bind:
-            binder = registry.binder(wanted.bind, wanted.bind_origin)
-            try:
-                named = binder.objects()  # as they are for this test
-            except MemdbError as exc:
-                raise pytest.fail.Exception(str(exc), pytrace=False) from None
-            with binder.bound(handle, named):
-                yield handle
-        else:
-            yield handle
-    finally:
-        held.remove((fixture, handle))
-        try:
-            if takeover is not None:
-                takeover.end()  # its connections closed before the database is restored
-        finally:
-            try:
-                handle.close()
-            except MemdbError as exc:  # the test escaped its isolation: an error at teardown
-                raise pytest.fail.Exception(str(exc), pytrace=False) from None
-
-
-def open_layer(request: pytest.FixtureRequest, scope: str) -> Iterator[MemdbLayer]:
-    """Set up one scope's layer (``memdb_suite``, ``memdb_module``, ``memdb_class``).
-
-    It is laid on the nearest wider layer that the test it is set up for asked for
-    (through its fixtures), else on the template: a module whose tests never ask for
-    ``memdb_suite`` gets none of its rows, whichever tests ran before.
-    """
-    settings = request.config.stash[settings_key]
-    node = request.node
-    item = request.config.stash.get(current_item_key, None)
-    asked = getattr(item, "fixturenames", ()) if item is not None else ()
-    scopes = list(LAYER_FIXTURES)
-    wider = [LAYER_FIXTURES[s] for s in scopes[: scopes.index(scope)]]
-    parent_name = next((name for name in reversed(wider) if name in asked), None)
-    parent: MemdbLayer | None = (
-        request.getfixturevalue(parent_name) if parent_name is not None else None
-    )
-    registry = _registry(request.config)
-    plugins = request.config.pluginmanager
-    if not plugins.has_plugin(LayerBoundaries.name):
-        plugins.register(LayerBoundaries(), LayerBoundaries.name)
-
-    def laying() -> tuple[Collection[Writer], str]:  # asked at the layer's first use
-        now = request.config.stash.get(current_item_key, None)
-        if now is None:
-            return (), "a test"
-        return _asked(now), now.nodeid
-
-    try:
-        layer = registry.layer(
-            lambda: settings.target_for(node), scope, getattr(node, "name", scope), parent, laying
-        )
-    except MemdbError as exc:
-        raise pytest.fail.Exception(str(exc), pytrace=False) from None
-    guard = request.config.stash.get(strict_key, None)
-    forget: Callable[[], None] | None = None
-    if guard is not None:  # the layer's database is the plugin's own: its fixtures use its URL
-        forget = guard.allow_for_run(lambda: (layer.name,) if layer.laid else ())
-    try:
-        yield layer
-    finally:
-        if forget is not None:
-            forget()
-        registry.close_layer(layer)
-
-
-def _innermost_layer(request: pytest.FixtureRequest) -> MemdbLayer | None:
-    """The layer of the narrowest scope this test asked for (through its fixtures), if any."""
-    names = request.fixturenames
-    for name in reversed(LAYER_FIXTURES.values()):
-        if name in names:
-            found: MemdbLayer = request.getfixturevalue(name)
-            return found
-    return None
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With ``memdb_bind`` (or a marker's ``bind=``), every test gets ``memdb``, so the app's
@@ -562,34 +216,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             names = [name for name in names if name != "memdb"]  # first, as below
         missing = [name for name in wanted if name not in names]
         if missing:
-            at = _first_function_scoped(item, names)
+            at = first_function_scoped(item, names)
             item.fixturenames = [*names[:at], *missing, *names[at:]]  # type: ignore[attr-defined]
-    _find_mistakes(config, items)
-
-
-def _find_mistakes(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Async tests that use memdb and that no plugin runs
-    (:mod:`pytest_memdb.plugin.mistakes`): their failure says what to set."""
-    unrun: dict[str, list[str]] = {}
-    for item in items:
-        if mistakes.unrun_async(item):
-            fixtures = mistakes.memdb_fixtures(item)
-            if fixtures:
-                unrun[item.nodeid] = fixtures
-    plugins = config.pluginmanager
-    if unrun and not plugins.has_plugin(mistakes.AsyncTestsNotRun.name):
-        plugins.register(mistakes.AsyncTestsNotRun(unrun), mistakes.AsyncTestsNotRun.name)
-
-
-def _first_function_scoped(item: pytest.Item, names: list[str]) -> int:
-    """Where the function-scoped fixtures of ``item`` begin (pytest sorts them last)."""
-    info = getattr(item, "_fixtureinfo", None)
-    definitions = getattr(info, "name2fixturedefs", {})
-    for index, name in enumerate(names):
-        found = definitions.get(name)
-        if found and found[-1].scope == "function":
-            return index
-    return len(names)
+    find_mistakes(config, items)
 
 
 @pytest.fixture
@@ -604,7 +233,7 @@ def memdb_factories(request: pytest.FixtureRequest, memdb: MemdbHandle) -> Itera
         async_session=lambda: request.getfixturevalue("memdb_session"),
     )
     try:
-        modules = _factory_modules(request.config)
+        modules = state.factory_modules(request.config)
         if modules is not None:
             try:
                 binding.bind(*modules.factories())
@@ -615,26 +244,12 @@ def memdb_factories(request: pytest.FixtureRequest, memdb: MemdbHandle) -> Itera
         binding.restore()
 
 
-def _factory_modules(config: pytest.Config) -> FactoryModules | None:
-    """The ``memdb_factories`` modules of the run, imported at their first use."""
-    settings = config.stash[settings_key]
-    if not settings.factories:
-        return None
-    modules = config.stash.get(factory_modules_key, None)
-    if modules is None:
-        from pytest_memdb.integrations.factory_binding import FactoryModules
-
-        modules = FactoryModules(settings.factories, settings.factories_origin, settings.base_dir)
-        config.stash[factory_modules_key] = modules
-    return modules
-
-
 @pytest.fixture
 def memdb(request: pytest.FixtureRequest) -> Iterator[MemdbHandle]:
     """This test's in-memory database: name, URLs, engines, sessions; a copy of the template,
     or of the data the test's scoped fixtures added through a layer (``memdb_module``...)."""
     settings = request.config.stash[settings_key]
-    layer = _innermost_layer(request)
+    layer = innermost_layer(request)
     yield from open_database(request, "memdb", lambda: settings.target_for(request.node), layer)
 
 

@@ -64,7 +64,8 @@ def memdb_factory(
 
     @pytest.fixture(name=name)
     def factory_fixture(request: pytest.FixtureRequest) -> Iterator[MemdbHandle]:
-        from pytest_memdb.plugin import open_database, settings_key
+        from pytest_memdb.plugin.opening import open_database
+        from pytest_memdb.plugin.state import settings_key
 
         settings = request.config.stash[settings_key]
         yield from open_database(request, name, lambda: settings.factory_target(name, options))
