@@ -76,7 +76,9 @@ def base() -> Iterator[Path]:
     """A base folder of its own (under the temp folder, reachable by the server's user)."""
     folder = Path(tempfile.mkdtemp(prefix="memdb-pgtest-"))
     yield folder
-    sweep(folder)
+    for left in folder.glob("pg-*"):  # a failed test's server, ours or a child's
+        if not left.is_symlink():
+            watchdog.clean_up(left)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -173,6 +175,16 @@ def test_start_connect_with_both_drivers_and_stop(base):
     server.stop()  # idempotent
 
 
+def test_a_hung_server_is_still_stopped(base):
+    server = start_server(base=base)
+    with psycopg.connect(server.dsn()):
+        tree = _tree(server.pid)
+        os.kill(server.pid, signal.SIGSTOP)  # deaf to fast and immediate shutdown
+        server.stop(timeout=1.0)
+    assert not _survivors(tree)
+    assert not server.folder.exists()
+
+
 def test_tcp_is_off_unless_asked(base):
     with start_server(base=base, tcp=True) as server:
         assert server.url(driver="psycopg", tcp=True).startswith(
@@ -195,10 +207,11 @@ def test_owner_killed_leaves_no_postgres_process(base):
     child, info = _child(base)
     tree = _tree(int(info["pid"]))
     assert _query(info["dsn"]) == 1
+    the_watchdog = int(info["watchdog"])
+    tree.add((the_watchdog, _start_time(the_watchdog)))  # it goes too, once done
     child.kill()
     child.wait(WAIT)
     _wait_until_gone(tree, Path(info["folder"]))
-    assert not watchdog.alive(int(info["watchdog"]))
 
 
 def test_ctrl_c_to_the_owners_group_does_not_reach_the_server(base):
@@ -243,15 +256,28 @@ def test_a_crashed_runs_server_is_swept_at_the_next_start_and_live_ones_kept(bas
     (base / "pg-link").symlink_to(outside)
     (base / "not-ours").mkdir()
     (base / "not-ours" / "owner.json").write_text(json.dumps(dead_owner))
+    # A process named postgres that the folders kept name as their postmaster: a sweep
+    # that wrongly took one of them would signal it (SIGINT ends a sleep).
+    fake = tmp_path / "postgres"
+    shutil.copy(shutil.which("sleep"), fake)
+    bystander = subprocess.Popen([str(fake), "120"])
+    try:
+        for kept in (outside, base / "not-ours", base / "pg-alive"):
+            (kept / "data").mkdir()
+            (kept / "data" / "postmaster.pid").write_text(f"{bystander.pid}\n")
 
-    with start_server(base=base) as server:
-        _wait_until_gone(tree, stale)  # start_server swept it before starting
-        assert sorted(p.name for p in base.iterdir() if p != server.folder) == [
-            "not-ours",
-            "pg-alive",
-            "pg-link",
-        ]
+        with start_server(base=base) as server:
+            _wait_until_gone(tree, stale)  # start_server swept it before starting
+            assert sorted(p.name for p in base.iterdir() if p != server.folder) == [
+                "not-ours",
+                "pg-alive",
+                "pg-link",
+            ]
         assert (outside / "owner.json").exists()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait(WAIT)
 
 
 def test_unowned_folder_kept_while_young(base):
