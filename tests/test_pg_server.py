@@ -84,12 +84,18 @@ def base() -> Iterator[Path]:
 
 CHILD = textwrap.dedent(
     """
-    import json, sys, time
+    import json, os, sys, time
     import psycopg
     from pytest_memdb.postgresql.server import start_server
 
     server = start_server(base=sys.argv[1])
-    print(json.dumps({"pid": server.pid, "watchdog": server.watchdog_pid,
+    forked = 0
+    if "fork" in sys.argv:  # a forked child outliving its parent (multiprocessing's default)
+        forked = os.fork()
+        if forked == 0:
+            time.sleep(120)
+            os._exit(0)
+    print(json.dumps({"pid": server.pid, "watchdog": server.watchdog_pid, "forked": forked,
                       "folder": str(server.folder), "dsn": server.dsn()}), flush=True)
     try:
         time.sleep(120)
@@ -107,11 +113,11 @@ CHILD = textwrap.dedent(
 
 
 def _child(
-    base: Path, *, new_session: bool = False
+    base: Path, *, new_session: bool = False, fork: bool = False
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """A Python process that starts a server and sleeps; what it printed about the server."""
     process = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(base)],
+        [sys.executable, "-c", CHILD, str(base), *(["fork"] if fork else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -212,6 +218,18 @@ def test_owner_killed_leaves_no_postgres_process(base):
     child.kill()
     child.wait(WAIT)
     _wait_until_gone(tree, Path(info["folder"]))
+
+
+def test_owner_killed_while_a_forked_child_lives(base):
+    child, info = _child(base, fork=True)
+    try:
+        tree = _tree(int(info["pid"]))
+        child.kill()
+        child.wait(WAIT)
+        _wait_until_gone(tree, Path(info["folder"]))
+        assert watchdog.alive(int(info["forked"]))  # still there: the server did not wait
+    finally:
+        os.kill(int(info["forked"]), signal.SIGKILL)
 
 
 def test_ctrl_c_to_the_owners_group_does_not_reach_the_server(base):

@@ -56,7 +56,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -377,7 +378,8 @@ class PostgresServer:
 
     Connect over the unix socket in :attr:`socket_dir` (the socket file is
     ``.s.PGSQL.<port>``) as :attr:`user`, without a password; :meth:`url` writes the
-    SQLAlchemy URL. :meth:`stop` is idempotent.
+    SQLAlchemy URL. :meth:`stop` is idempotent, and does nothing in a forked child (the
+    server is its owner's to stop).
     """
 
     def __init__(
@@ -412,6 +414,8 @@ class PostgresServer:
         self._watchdog = watchdog_process
         self._pipe: int | None = watchdog_pipe
         self._atexit = False
+        self._owner = os.getpid()
+        os.register_at_fork(after_in_child=_forget_in_child(weakref.ref(self)))
 
     @property
     def pid(self) -> int:
@@ -454,6 +458,8 @@ class PostgresServer:
         then immediate (SIGQUIT) for at most 5 s more, then SIGKILL to the backends and
         the postmaster (a hung or stopped server).
         """
+        if os.getpid() != self._owner:
+            return  # a forked copy: the server is its parent's to stop
         if self._atexit:
             atexit.unregister(self.stop)
             self._atexit = False
@@ -496,6 +502,20 @@ class PostgresServer:
 
     def __repr__(self) -> str:
         return f"<PostgresServer {self.socket_dir} port={self.port} pid={self.pid}>"
+
+
+def _forget_in_child(ref: weakref.ref[PostgresServer]) -> Callable[[], None]:
+    """What a forked child does with a server object it inherited: close its copy of the
+    watchdog pipe's write end (or the watchdog would wait for that child to exit too)."""
+
+    def forget() -> None:
+        server = ref()
+        if server is not None and server._pipe is not None:
+            with contextlib.suppress(OSError):
+                os.close(server._pipe)
+            server._pipe = None
+
+    return forget
 
 
 def _start_watchdog(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
