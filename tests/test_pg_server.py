@@ -95,9 +95,9 @@ CHILD = textwrap.dedent(
         if forked == 0:
             time.sleep(120)
             os._exit(0)
-    print(json.dumps({"pid": server.pid, "watchdog": server.watchdog_pid, "forked": forked,
-                      "folder": str(server.folder), "dsn": server.dsn()}), flush=True)
-    try:
+    try:  # printed inside: a SIGINT right after the line lands in the except
+        print(json.dumps({"pid": server.pid, "watchdog": server.watchdog_pid, "forked": forked,
+                          "folder": str(server.folder), "dsn": server.dsn()}), flush=True)
         time.sleep(120)
     except KeyboardInterrupt:
         # Ctrl-C reached pytest: the server must still serve while the run unwinds.
@@ -306,6 +306,17 @@ def test_unowned_folder_kept_while_young(base):
     os.utime(young, (old, old))
     assert sweep(base) == [young]
     assert not young.exists()
+
+
+def test_root_without_an_unprivileged_user_is_told_what_to_do(base):
+    if os.geteuid() == 0:
+        with pytest.raises(PostgresServerError, match="refuse to run as root") as caught:
+            start_server(base=base, run_as="no-such-user-memdb")
+        assert "useradd" in str(caught.value)
+        assert "URL of a running server" in str(caught.value)
+        assert list(base.iterdir()) == []
+    else:  # not root: the server runs as this user, whatever run_as says
+        assert pgserver._run_as("no-such-user-memdb") is None
 
 
 def test_missing_binaries_in_the_folder_given(tmp_path, base):
