@@ -589,9 +589,9 @@ def start_server(
     if len(os.fsencode(socket_path)) > SOCKET_PATH_MAX:
         shutil.rmtree(folder, ignore_errors=True)
         raise PostgresServerError(
-            f"The throwaway PostgreSQL server's socket would be {socket_path}, longer than "
-            f"the {SOCKET_PATH_MAX} bytes a unix socket path may have. Set TMPDIR to a "
-            "shorter folder (e.g. /tmp)."
+            "pytest-memdb: the throwaway PostgreSQL server's socket would be "
+            f"{socket_path}, longer than the {SOCKET_PATH_MAX} bytes a unix socket path may "
+            "have. Set TMPDIR to a shorter folder (e.g. /tmp)."
         )
     watchdog_process, pipe = _start_watchdog(folder)
     log = folder / LOG_FILE
@@ -630,12 +630,12 @@ def start_server(
                 )
             except subprocess.CalledProcessError as error:
                 raise PostgresServerError(
-                    f"initdb failed (exit status {error.returncode}) in {folder / DATA}; "
-                    f"its output:\n{_log_tail(log)}"
+                    f"pytest-memdb: initdb failed (exit status {error.returncode}) in "
+                    f"{folder / DATA}; its output:\n{_log_tail(log)}"
                 ) from None
             except subprocess.TimeoutExpired:
                 raise PostgresServerError(
-                    f"initdb did not finish within {timeout:g} s in {folder / DATA}; "
+                    f"pytest-memdb: initdb did not finish within {timeout:g} s in {folder / DATA}; "
                     f"its output:\n{_log_tail(log)}"
                 ) from None
             options = {
@@ -664,13 +664,13 @@ def start_server(
         while _postmaster_status(folder / DATA) != "ready":
             if process.poll() is not None:
                 raise PostgresServerError(
-                    f"The throwaway PostgreSQL server in {folder} exited at start-up "
+                    f"pytest-memdb: the throwaway PostgreSQL server in {folder} exited at start-up "
                     f"(status {process.returncode}); the end of its log:\n{_log_tail(log)}"
                 )
             if time.monotonic() >= deadline:
                 raise PostgresServerError(
-                    f"The throwaway PostgreSQL server in {folder} did not accept connections "
-                    f"within {timeout:g} s; the end of its log:\n{_log_tail(log)}"
+                    f"pytest-memdb: the throwaway PostgreSQL server in {folder} did not accept "
+                    f"connections within {timeout:g} s; the end of its log:\n{_log_tail(log)}"
                 )
             time.sleep(0.01)
     except BaseException:
