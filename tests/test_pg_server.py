@@ -37,6 +37,7 @@ from pytest_memdb.postgresql.server import (
     PostgresServerError,
     find_binaries,
     owner_record,
+    socket_url,
     start_server,
     sweep,
 )
@@ -168,6 +169,9 @@ def test_start_connect_with_both_drivers_and_stop(base):
             await engine.dispose()
             return one
 
+        assert server.url("template1", "psycopg") == socket_url(
+            str(server.socket_dir), server.port, "template1", "psycopg"
+        )
         assert asyncio.run(through_async("asyncpg")) == ("template1", "")
         assert asyncio.run(through_async("psycopg")) == ("template1", "")
         with psycopg.connect(server.dsn()) as conn:  # a backend, so the tree has one
@@ -205,6 +209,8 @@ def test_tcp_is_off_unless_asked(base):
     with start_server(base=base) as server:
         with pytest.raises(ValueError, match="tcp=True"):
             server.url(tcp=True)
+        with pytest.raises(ValueError, match="asyncpg, psycopg"):
+            server.url(driver="psycopg2")
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", server.port)) != 0
 

@@ -373,6 +373,32 @@ def _postmaster_status(data: Path) -> str | None:
     return lines[7].strip() if len(lines) >= 8 else None
 
 
+def _check_driver(driver: str) -> None:
+    if driver not in DRIVERS:
+        raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, not {driver!r}")
+
+
+def socket_url(
+    socket_dir: str | os.PathLike[str],
+    port: int,
+    database: str = "postgres",
+    driver: str = "asyncpg",
+    *,
+    user: str = USER,
+) -> str:
+    """The SQLAlchemy URL of ``database`` on the unix socket ``socket_dir/.s.PGSQL.port``.
+
+    ``postgresql+DRIVER://USER@/DATABASE?host=/socket/dir&port=PORT``: both asyncpg and
+    psycopg (sync and async) take this form, checked by connecting through
+    ``create_engine``/``create_async_engine``. For an xdist worker, given the controller's
+    server's socket dir and port.
+    """
+    _check_driver(driver)
+    name = quote(database, safe="")
+    folder = quote(os.fspath(socket_dir), safe="/")
+    return f"postgresql+{driver}://{quote(user, safe='')}@/{name}?host={folder}&port={port}"
+
+
 class PostgresServer:
     """A running throwaway PostgreSQL server; :func:`start_server` makes one.
 
@@ -437,15 +463,13 @@ class PostgresServer:
         ``postgresql+DRIVER://postgres@/DATABASE?host=/socket/dir&port=PORT``. With
         ``tcp=True`` (the server started with ``tcp=True``): ``@127.0.0.1:PORT/DATABASE``.
         """
-        if driver not in DRIVERS:
-            raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, not {driver!r}")
-        name = quote(database, safe="")
         if tcp:
             if self.host is None:
                 raise ValueError("this server does not listen on TCP: start it with tcp=True")
+            _check_driver(driver)
+            name = quote(database, safe="")
             return f"postgresql+{driver}://{self.user}@{self.host}:{self.port}/{name}"
-        socket_dir = quote(str(self.socket_dir), safe="/")
-        return f"postgresql+{driver}://{self.user}@/{name}?host={socket_dir}&port={self.port}"
+        return socket_url(self.socket_dir, self.port, database, driver, user=self.user)
 
     def dsn(self, database: str = "postgres") -> str:
         """A libpq connection string (``psycopg.connect(server.dsn())``, ``psql``)."""
