@@ -445,15 +445,18 @@ class PostgresServer:
 
     @property
     def pid(self) -> int:
-        """The postmaster's pid (it leads its own session: its backends share that id)."""
+        """The postmaster's pid. It leads its own session (Ctrl-C's SIGINT to pytest's
+        process group misses it); its backends are its children, each in its own session."""
         return self._process.pid
 
     @property
     def watchdog_pid(self) -> int:
+        """The pid of the watchdog that cleans up if this process dies."""
         return self._watchdog.pid
 
     @property
     def running(self) -> bool:
+        """Whether the postmaster still runs."""
         return self._process.poll() is None
 
     def url(self, database: str = "postgres", driver: str = "asyncpg", *, tcp: bool = False) -> str:
@@ -582,7 +585,9 @@ def start_server(
       :func:`find_binaries`).
     - ``base``: the folder holding this user's server folders (default
       :func:`default_base`); the stale ones there are swept first (:func:`sweep`).
-    - ``tcp``: also listen on ``127.0.0.1:port`` (default: the unix socket only).
+    - ``tcp``: also listen on ``127.0.0.1:port`` (default: the unix socket only). The port
+      is one free a moment before the server binds it: another process taking it in
+      between makes the start fail, with the log saying so.
     - ``settings``: more ``-c name=value`` server settings, over :data:`TEST_SETTINGS`.
     - ``run_as``: the OS user to run the server as when we are root (default ``postgres``,
       else ``nobody``); ignored when not root.
