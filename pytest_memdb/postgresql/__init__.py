@@ -1,0 +1,1 @@
+"""The PostgreSQL backend: a throwaway server the plugin can start, and the databases on it."""
