@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -112,3 +113,12 @@ def make_hot_journal(path: Path) -> Path:
     """:func:`crash_mid_transaction` in rollback-journal mode; the hot journal's path."""
     crash_mid_transaction(path)
     return Path(f"{path}-journal")
+
+
+def with_version_location(ini_text: str, location: str) -> str:
+    """An ``alembic init`` ini with ``version_locations`` set. Alembic 1.13's own template
+    writes ``version_path_separator = os  # Use os.pathsep...``, which 1.13 itself rejects
+    once ``version_locations`` is read (it keeps the comment as part of the value; newer
+    releases strip it): the separator is written without its comment."""
+    text = re.sub(r"(?m)^version_path_separator = os\b.*$", "version_path_separator = os", ini_text)
+    return text.replace("[alembic]\n", f"[alembic]\nversion_locations = {location}\n")

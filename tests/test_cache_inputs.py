@@ -18,7 +18,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
-from tests.helpers import make_sqlite, write_ini
+from tests.helpers import make_sqlite, with_version_location, write_ini
 
 DUMPING = """
 import json
@@ -136,7 +136,7 @@ def _alembic(pytester: pytest.Pytester, versions: str) -> Path:
 
 def _outside_script_location(pytester: pytest.Pytester) -> None:
     ini = _alembic(pytester, "more_versions")
-    _replace(ini, "[alembic]\n", "[alembic]\nversion_locations = %(here)s/more_versions\n")
+    ini.write_text(with_version_location(ini.read_text(), "%(here)s/more_versions"))
 
 
 def _symlinked_versions(pytester: pytest.Pytester) -> None:

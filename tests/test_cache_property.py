@@ -39,6 +39,7 @@ from pytest_memdb.core.cache import TemplateCache
 from pytest_memdb.core.config import LoadStep, Target
 from pytest_memdb.core.templates import build_template
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
+from tests.helpers import with_version_location
 
 EXAMPLES = int(os.environ.get("MEMDB_CACHE_PROPERTY_EXAMPLES", "12"))
 PREFIX = "cacheprop_"
@@ -156,9 +157,7 @@ class Project:
         self.ini = folder / "alembic.ini"
         command.init(Config(str(self.ini), stdout=io.StringIO()), str(folder / "migrations"))
         text = self.ini.read_text()
-        self.ini.write_text(
-            text.replace("[alembic]\n", "[alembic]\nversion_locations = %(here)s/vers\n")
-        )
+        self.ini.write_text(with_version_location(text, "%(here)s/vers"))
         (folder / "vers").mkdir()
 
     def write(self, inputs: Inputs) -> Target:
