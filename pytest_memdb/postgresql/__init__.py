@@ -1,0 +1,1 @@
+"""PostgreSQL backend: a throwaway server, template clones, rollback isolation."""
