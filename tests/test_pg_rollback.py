@@ -118,6 +118,8 @@ def test_commit_as_text_is_an_escape_and_the_next_test_sees_the_template(iso) ->
         conn.execute(text("INSERT INTO item (name) VALUES ('escaped')"))
         conn.execute(text("COMMIT"))
         conn.execute(text("INSERT INTO item (name) VALUES ('contained')"))
+        conn.rollback()  # the test's transactions are savepoints again
+    assert _names(iso.sync_engine) == ["seeded", "escaped"]
     verdict = iso.end_test()
     assert verdict.escape == "the statement 'COMMIT' ended it"
     iso.begin_test()
@@ -284,4 +286,91 @@ def test_a_session_from_a_thread_joins_the_test(iso) -> None:
     thread.join(30)
     assert done.is_set()
     assert _names(iso.sync_engine) == ["seeded", "thread"]
+    assert iso.end_test().clean
+
+
+def test_interleaved_readers_and_writers_undo_only_their_own_writes(iso) -> None:
+    iso.begin_test()
+    reader, writer = iso.sync_engine.connect(), iso.sync_engine.connect()
+    assert reader.execute(text("SELECT count(*) FROM item")).scalar() == 1
+    writer.execute(text("INSERT INTO item (name) VALUES ('kept')"))
+    assert reader.execute(text("SELECT count(*) FROM item")).scalar() == 2
+    reader.commit()  # a reader's savepoint below the writer's: not released under it
+    writer.commit()
+    reader.execute(text("SELECT 1"))
+    writer.execute(text("INSERT INTO item (name) VALUES ('rolled back')"))
+    reader.commit()
+    writer.rollback()
+    failing, other = iso.sync_engine.connect(), iso.sync_engine.connect()
+    failing.execute(text("SELECT 1"))
+    other.execute(text("INSERT INTO item (name) VALUES ('committed later')"))
+    with pytest.raises(ProgrammingError):
+        failing.execute(text("SELECT no_such_column FROM item"))
+    failing.rollback()  # undoes its failed read only, not the other's write
+    other.commit()
+    third = iso.sync_engine.connect()
+    third.execute(text("INSERT INTO item (name) VALUES ('undone')"))
+    reader.execute(text("SELECT 1"))  # a reader's savepoint above the writer's
+    third.rollback()
+    reader.rollback()
+    for conn in (reader, writer, failing, other, third):
+        conn.close()
+    assert _names(iso.sync_engine) == ["seeded", "kept", "committed later"]
+    assert iso.end_test().clean
+
+
+def test_two_writers_interleaved_on_one_thread_fail_at_once_saying_which(iso) -> None:
+    iso.begin_test()
+    first, second = iso.sync_engine.connect(), iso.sync_engine.connect()
+    first.execute(text("INSERT INTO item (name) VALUES ('first')"))
+    with pytest.raises(OperationalError, match=r"began a write transaction at .*test_pg_rollback"):
+        second.execute(text("INSERT INTO item (name) VALUES ('second')"))
+    first.commit()
+    second.execute(text("INSERT INTO item (name) VALUES ('second')"))
+    second.commit()
+    first.close(), second.close()
+    assert _names(iso.sync_engine) == ["seeded", "first", "second"]
+    assert iso.end_test().clean
+
+
+def test_concurrent_async_sessions_of_a_test_share_the_session_across_loops(iso) -> None:
+    Session = async_sessionmaker(iso.async_engine)
+
+    async def one(name: str, keep: bool) -> None:
+        async with Session() as session:
+            await session.execute(text("SELECT pg_sleep(0.01)"))  # the others start meanwhile
+            await session.execute(text("INSERT INTO item (name) VALUES (:n)"), {"n": name})
+            await (session.commit() if keep else session.rollback())
+
+    async def failing_read() -> None:
+        async with Session() as session:
+            await asyncio.sleep(0)  # the others' first statements are in flight
+            with pytest.raises(ProgrammingError):
+                await session.execute(text("SELECT no_such_column FROM item"))
+            await session.rollback()
+            await session.execute(text("SELECT 1"))
+
+    async def many(test: int) -> None:
+        writers = (one(f"{test}-{i}", keep=i != 3) for i in range(5))
+        await asyncio.gather(*writers, failing_read())
+
+    for test in (1, 2):  # the second loop meets locks the first one's contention bound
+        iso.begin_test()
+        asyncio.run(many(test))
+        assert sorted(_names(iso.sync_engine)) == sorted(
+            ["seeded", *(f"{test}-{i}" for i in range(5) if i != 3)]
+        )
+        assert iso.end_test().clean
+
+
+def test_a_failed_write_in_begin_nested_keeps_the_session_s_earlier_writes(iso) -> None:
+    Session = sessionmaker(iso.sync_engine)
+    iso.begin_test()
+    with Session() as session:
+        session.execute(text("INSERT INTO item (name) VALUES ('before')"))
+        with pytest.raises(IntegrityError), session.begin_nested():  # get-or-create
+            session.execute(text("INSERT INTO item (name) VALUES ('seeded')"))
+        session.execute(text("INSERT INTO item (name) VALUES ('after')"))
+        session.commit()
+    assert _names(iso.sync_engine) == ["seeded", "before", "after"]
     assert iso.end_test().clean
