@@ -226,3 +226,12 @@ def test_concurrent_takes_get_distinct_clones(cluster) -> None:
         assert len(set(got)) == 6
     finally:
         pool.close()
+
+
+def test_a_failed_background_clone_is_raised_by_the_next_take(cluster) -> None:
+    pool = ClonePool(cluster, clones.Template("memdb_no_such_template"))
+    try:
+        with pytest.raises(CloneError, match="cloning 'memdb_no_such_template' failed"):
+            pool.take(timeout_s=30)
+    finally:
+        pool.close()
