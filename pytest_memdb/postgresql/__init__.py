@@ -1,1 +1,4 @@
-"""The PostgreSQL backend: a throwaway server the plugin can start, and the databases on it."""
+"""The PostgreSQL backend (``memdb_postgresql``): a throwaway server the plugin can start
+(``server.py``, ``watchdog.py``), templates and their clones (``clones.py``), rollback
+isolation on one held session (``rollback.py``), and the seam the registry uses
+(``backend.py``)."""
