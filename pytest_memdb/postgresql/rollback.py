@@ -89,8 +89,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from pytest_memdb.core._loop import run_sync
-from pytest_memdb.postgresql.clones import APPLICATION, ClonePool
 from pytest_memdb.core.statements import leading_verb
+from pytest_memdb.postgresql.clones import APPLICATION, ClonePool
 from pytest_memdb.sqlite.write_lock import Engine as EngineKind
 from pytest_memdb.sqlite.write_lock import WriteLock
 
