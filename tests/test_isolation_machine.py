@@ -871,3 +871,37 @@ def test_every_test_starts_from_the_template(
             suppress_health_check=list(HealthCheck),
         ),
     )
+
+
+def test_a_kept_pending_write_holds_no_lock_after_its_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case the machine found on the floor set (SQLAlchemy 2.0.30), kept as a fast test:
+    a session-mode test keeps a session of its own with a write pending. Its connection is
+    closed at teardown; SQLAlchemy 2.0 closed it without a rollback, SQLite deferred the
+    close (a statement still unfinalized) with the write lock held, and the database was
+    locked for whoever came next. Failed 3 runs in 3 before the fix, on the floor set."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("pytest_memdb") and hasattr(module, "BUSY_TIMEOUT_S"):
+            monkeypatch.setattr(module, "BUSY_TIMEOUT_S", BUSY_TIMEOUT_S)
+    monkeypatch.setattr(
+        IsolationMachine, "source", make_sqlite(tmp_path / "data" / "app.sqlite"), raising=False
+    )
+    monkeypatch.setattr(IsolationMachine, "base_dir", tmp_path, raising=False)
+    state = IsolationMachine()
+    try:
+        state.start_test(
+            commit_check=False, connect_listener=False, look=True, mode="copy", planned=2
+        )
+        state.step(action="insert", commit=False, keep=False, via="async_session")
+        state.step(action="insert", commit=False, keep=False, via="async_session")
+        state.end_test(dispose_own=False)
+        state.start_test(
+            commit_check=False, connect_listener=False, look=True, mode="session", planned=3
+        )
+        state.step(action="insert", commit=False, keep=False, via="async_session")
+        state.step(action="insert_or_rollback", commit=False, keep=False, via="async_session")
+        state.step(action="leak_write", commit=False, keep=False, via="async_session")
+        state.end_test(dispose_own=False)
+    finally:
+        state.teardown()

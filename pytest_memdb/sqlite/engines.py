@@ -388,4 +388,12 @@ async def _close_leftovers(live: list[ConnectionPoolEntry], detached: list[Any])
 def _invalidate(entries: list[ConnectionPoolEntry]) -> None:
     for entry in entries:
         if entry.dbapi_connection is not None:  # else closed already (terminated)
+            raw = raw_connection(entry.dbapi_connection)
+            if raw is not None and raw.in_transaction:
+                # Rolled back before it is closed: a cursor the test still holds keeps its
+                # statement unfinalized, and SQLite then defers the close (a "zombie"
+                # connection, sqlite3_close_v2) with its write lock held (SQLAlchemy 2.0,
+                # whose invalidate closes without a rollback first).
+                with contextlib.suppress(sqlite3.Error):
+                    raw.rollback()
             entry.invalidate()
