@@ -35,6 +35,8 @@ FLOORED = {
     "polyfactory",
     "sqlmodel",
     "filelock",
+    "psycopg",
+    "asyncpg",
 }
 """The dependencies of the package and of its extras (sqlmodel: the plugin's sessions know
 SQLModel's), whose lower bounds the floor set installs."""
@@ -68,7 +70,7 @@ def _floor_pins() -> dict[str, Version]:
         if line:
             name, sep, version = line.partition("==")
             assert sep, f".ci/floor.txt: {line!r} is not name==version"
-            pins[canonicalize_name(name)] = Version(version)
+            pins[canonicalize_name(Requirement(name).name)] = Version(version)  # extras off
     return pins
 
 

@@ -151,6 +151,10 @@ class MemdbConfig:
     """How copy and rollback restore the working database: ``pages`` written (where the
     page-recording VFS is available, else a usage error), ``backup`` of the whole template,
     ``auto`` (the default): pages where available, else backups."""
+    postgresql: str | None = None
+    """``start`` or a server's URL: the databases are PostgreSQL's
+    (:mod:`pytest_memdb.postgresql`); None: in-memory SQLite."""
+    postgresql_origin: str = ""
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> MemdbConfig:
@@ -208,6 +212,12 @@ class MemdbConfig:
         factories = parse_factories(config.getini("memdb_factories"), factories_origin)
         takeover_origin = f"memdb_takeover in {ini_name}"
         takeover = parse_takeover(config.getini("memdb_takeover"), takeover_origin)
+        cli_postgresql = config.getoption("memdb_postgresql")
+        ini_postgresql = str(config.getini("memdb_postgresql") or "").strip()
+        postgresql_origin = (
+            "--memdb-postgresql" if cli_postgresql else (f"memdb_postgresql in {ini_name}")
+        )
+        postgresql = parse_postgresql(cli_postgresql or ini_postgresql, postgresql_origin)
         return cls(
             file,
             origin,
@@ -239,6 +249,8 @@ class MemdbConfig:
                 str(config.getini("memdb_restore") or "").strip() or "auto",
                 f"memdb_restore in {ini_name}",
             ),
+            postgresql=postgresql,
+            postgresql_origin=postgresql_origin if postgresql else "",
         )
 
     def default_target(self) -> Target:
@@ -332,6 +344,23 @@ class MemdbConfig:
             bind=parse_bind(options.get("bind") or (), f"{origin}, bind="),
             bind_origin=f"{origin}, bind=",
         )
+
+
+def parse_postgresql(value: str | None, origin: str) -> str | None:
+    """``start``, a PostgreSQL URL, or nothing (SQLite); anything else says what is wanted."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.lower() == "start":
+        return "start"
+    scheme = value.partition("://")[0].lower()
+    if "://" not in value or not (scheme == "postgresql" or scheme.startswith("postgresql+")):
+        raise MemdbError(
+            f"pytest-memdb: {origin} is {value!r}: give a PostgreSQL URL "
+            "(postgresql+psycopg://user@host:5432/postgres, postgresql+asyncpg://...), or "
+            "'start' for a throwaway server the plugin starts itself."
+        )
+    return value
 
 
 def parse_isolation(value: object, origin: str) -> Isolation:

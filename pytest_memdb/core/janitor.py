@@ -9,6 +9,7 @@ import sqlite3
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -23,6 +24,20 @@ from pytest_memdb.sqlite.dumps import save_committed, save_connection_view
 from pytest_memdb.sqlite.memory import MemoryDatabase
 
 
+class Database(Protocol):
+    """What a handle shows of its database, on any backend (SQLite:
+    :class:`~pytest_memdb.sqlite.memory.MemoryDatabase`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def async_url(self) -> str: ...
+
+    @property
+    def sync_url(self) -> str: ...
+
+
 class MemdbHandle:
     """One test's in-memory database and the SQLAlchemy objects on it.
 
@@ -34,7 +49,7 @@ class MemdbHandle:
     def __init__(
         self,
         *,
-        database: MemoryDatabase,
+        database: Database,
         source: Path | None,
         isolation: Isolation,
         engines: EngineSource,
@@ -198,6 +213,12 @@ class MemdbHandle:
         if self._save is not None:
             self._save(path)
             return "the database as the test left it"
+        if not isinstance(self.database, MemoryDatabase):
+            raise MemdbError(
+                "pytest-memdb: --memdb-keep-failed writes SQLite files: on PostgreSQL, keep "
+                f"the database instead with pg_dump (it is {self.database.name!r} until the "
+                "test's teardown)."
+            )
         try:
             save_committed(self.database, path)
         except sqlite3.OperationalError:

@@ -7,6 +7,7 @@ Imports SQLAlchemy: load it lazily.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.cache import TemplateCache
@@ -24,6 +25,9 @@ from pytest_memdb.sqlite.loading import CheckedFiles
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 from pytest_memdb.sqlite.template_database import Template
 
+if TYPE_CHECKING:
+    from pytest_memdb.postgresql.backend import PgBackend, PgTemplate
+
 
 class MemdbRegistry:
     """Builds each template once and hands out per-test handles."""
@@ -37,7 +41,10 @@ class MemdbRegistry:
         cache: TemplateCache | None = None,
         checked: CheckedFiles | None = None,
         stats: MemdbStats | None = None,
+        postgresql: Callable[[], PgBackend] | None = None,
     ) -> None:
+        """``postgresql``: makes the run's PostgreSQL backend (``memdb_postgresql``), at the
+        first template; None: SQLite."""
         self.settings = settings
         self.stats = stats if stats is not None else MemdbStats()
         """The run's counters, handed to every template and layer
@@ -48,6 +55,9 @@ class MemdbRegistry:
         self.checked = checked
         """Fixture files known to pass ``quick_check`` (pytest's cache), or None."""
         self._templates: dict[tuple[object, ...], Template] = {}
+        self._pg_templates: dict[tuple[object, ...], PgTemplate] = {}
+        self._make_postgresql = postgresql
+        self._postgresql: PgBackend | None = None
         self._failures: dict[tuple[tuple[object, ...], str], MemdbError] = {}
         self._binders: dict[tuple[tuple[str, ...], str], Binder] = {}
         self.layers = Layers()
@@ -65,6 +75,14 @@ class MemdbRegistry:
         """This test's database, isolated as ``target.isolation`` says: a copy of the
         template, or of the innermost ``layer`` of the test's scopes, which must hold the
         rows of exactly the layer fixtures the test ``asked`` for."""
+        if self._make_postgresql is not None:
+            if layer is not None:
+                raise MemdbError(
+                    f"pytest-memdb: layers ({LAYER_FIXTURES[layer.scope]}) are not on "
+                    f"PostgreSQL yet ({self.settings.postgresql_origin}): write the data "
+                    "in the test, or run this test on SQLite."
+                )
+            return self.pg_template(target).open(target.isolation)
         template = self.template(target)
         if layer is not None:
             if layer.root() is not template:
@@ -153,6 +171,34 @@ class MemdbRegistry:
             )
         return self._templates[key]
 
+    def pg_template(self, target: Target) -> PgTemplate:
+        """``target``'s template on PostgreSQL (``memdb_postgresql``); one that failed to
+        build fails fast after."""
+        key = target.template_key()
+        failure = self._failures.get((key, target.file_origin))
+        if failure is not None:
+            raise failure
+        if key not in self._pg_templates:
+            assert self._make_postgresql is not None
+            try:
+                if self._postgresql is None:
+                    self._postgresql = self._make_postgresql()
+                classes = self._session_classes(target)
+                template = self._postgresql.template(
+                    target,
+                    self.settings,
+                    label=target.fixture,
+                    classes=classes,
+                    hook=self._hook,
+                    stats=self.stats,
+                )
+            except MemdbError as exc:
+                self._failures[(key, target.file_origin)] = exc
+                raise
+            self.stats.templates_built += 1
+            self._pg_templates[key] = template
+        return self._pg_templates[key]
+
     def _build(
         self, target: Target, name: str, build: Callable[[], MemoryDatabase]
     ) -> MemoryDatabase:
@@ -217,3 +263,10 @@ class MemdbRegistry:
         finally:
             for template in templates:
                 run_sync(template.aclose())
+            pg_templates, self._pg_templates = list(self._pg_templates.values()), {}
+            try:
+                for pg_template in pg_templates:
+                    run_sync(pg_template.aclose())
+            finally:
+                if self._postgresql is not None:
+                    self._postgresql.close()

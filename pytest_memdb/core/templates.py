@@ -68,16 +68,30 @@ def build_template(
         if target.alembic is not None:
             _migrate(target, database, metadata)
         with _seeding_connection(database, pragmas) as conn, conn.begin():
-            if metadata is not None and target.alembic is None:
-                _step(f"creating the tables of {target.metadata!r}", metadata.create_all, conn)
-            for step in target.load:
-                _run_load_step(step, conn, base_dir)
-            if hook is not None:
-                hook(conn, target)
+            seed(conn, target, metadata, base_dir=base_dir, hook=hook)
     except BaseException:
         database.close()
         raise
     return database
+
+
+def seed(
+    conn: Connection,
+    target: Target,
+    metadata: MetaData | None,
+    *,
+    base_dir: Path,
+    hook: TemplateHook | None = None,
+) -> None:
+    """The steps every backend runs on its template, inside the caller's transaction: the
+    metadata's tables (unless migrations own the schema), the load steps in order, the
+    hook. A failing step raises a :class:`MemdbError` naming it."""
+    if metadata is not None and target.alembic is None:
+        _step(f"creating the tables of {target.metadata!r}", metadata.create_all, conn)
+    for step in target.load:
+        _run_load_step(step, conn, base_dir)
+    if hook is not None:
+        hook(conn, target)
 
 
 def _migrate(target: Target, database: MemoryDatabase, metadata: MetaData | None) -> None:

@@ -100,6 +100,7 @@ def _record(
     if not verb or verb in TRANSACTION_CONTROL:
         return
     url = str(conn.engine.url)
+    name = conn.engine.url.database  # PostgreSQL: the database's own name
     for captured in list(_active):
-        if f"/{captured.database}?" in url:
+        if f"/{captured.database}?" in url or name == captured.database:
             captured.statements.append(statement.strip())

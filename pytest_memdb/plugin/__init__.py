@@ -19,7 +19,7 @@ from pytest_memdb.core.config import MARKER_ARGS, MemdbConfig
 from pytest_memdb.core.stats import MemdbStats
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.messages import ASYNC_SESSION_IN_DEF_TEST
-from pytest_memdb.plugin import hooks, mistakes, state
+from pytest_memdb.plugin import hooks, mistakes, postgresql, state
 from pytest_memdb.plugin.boundaries import check_layers
 from pytest_memdb.plugin.collection import find_mistakes, first_function_scoped
 from pytest_memdb.plugin.nesting import announce, nested_in
@@ -69,12 +69,19 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # an xdist worker is part of its controller's run
         config.stash[nested_key] = nested_in(config.inipath)
         config.add_cleanup(announce(config.inipath))
+    postgresql.configure(config, settings)  # the server before anything asks for it
     if settings.takeover:  # before collection: engines used at import are taken over too
         from pytest_memdb.integrations.takeover import Takeover
 
         config.stash[takeover_key] = Takeover(
             settings.takeover, settings.takeover_origin, lambda: state.registry(config).outside()
         )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: a worker runs on the controller's PostgreSQL server (``memdb_postgresql``)."""
+    postgresql.configure_node(node.config, node)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -88,7 +95,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     settings = config.stash.get(settings_key, None)
     if settings is None:
         return None
-    lines = [sources(settings)]
+    lines = [sources(settings), postgresql.header(config)]
     takeover = state.takeover(config)
     if takeover is not None:
         lines.append(takeover.describe())

@@ -81,6 +81,14 @@ def add_options(parser: pytest.Parser) -> None:
         "workers and runs until an input changes (overrides memdb_cache).",
     )
     group.addoption(
+        "--memdb-postgresql",
+        dest="memdb_postgresql",
+        metavar="URL",
+        help="Run the memdb databases on PostgreSQL instead of in-memory SQLite: a server's "
+        "URL (postgresql+psycopg://user@host/postgres), or 'start' for a throwaway server "
+        "the plugin starts and removes (overrides memdb_postgresql).",
+    )
+    group.addoption(
         "--memdb-rebuild",
         dest="memdb_rebuild",
         action="store_true",
@@ -184,6 +192,14 @@ INI: tuple[IniOption, ...] = (
         "pytest-memdb[factories]).",
         type="linelist",
         default=(),
+    ),
+    IniOption(
+        "memdb_postgresql",
+        "Run the memdb databases on PostgreSQL instead of in-memory SQLite (the default): a "
+        "server's URL (postgresql+psycopg://user@host/postgres: the plugin makes and drops "
+        "its own databases there), or 'start' for a throwaway server the plugin starts and "
+        "removes (needs PostgreSQL's server binaries and pytest-memdb[postgresql]).",
+        default="",
     ),
     IniOption(
         "memdb_strict",

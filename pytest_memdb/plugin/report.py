@@ -22,6 +22,8 @@ def sources(settings: MemdbConfig) -> str:
 
 def restore_line(settings: MemdbConfig) -> str:
     """Which restore copy and rollback use, as the issue asks the header to say."""
+    if settings.postgresql is not None:
+        return "restore=a new clone of the template (PostgreSQL)"
     if settings.restore == "backup":
         return "restore=backup (memdb_restore)"
     from pytest_memdb.sqlite import pages

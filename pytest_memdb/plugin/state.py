@@ -12,6 +12,7 @@ import pytest
 
 from pytest_memdb.core.config import MemdbConfig
 from pytest_memdb.core.stats import MemdbStats
+from pytest_memdb.plugin import postgresql
 
 if TYPE_CHECKING:
     from pytest_memdb.core.janitor import MemdbHandle
@@ -90,6 +91,7 @@ def registry(config: pytest.Config) -> MemdbRegistry:
             cache=template_cache(config, settings) if settings.cache else None,
             checked=quick_check_cache(config),
             stats=stats,
+            postgresql=postgresql.backend_factory(config, workerinput.get("workerid", "main")),
         )
         config.stash[registry_key] = registry
         from pytest_memdb.core._loop import close_private_loop
