@@ -542,13 +542,18 @@ class HeldSession:
         if status == pq.TransactionStatus.IDLE:
             self._stack.clear()  # the outer transaction is gone; teardown reports it
             return
+        # The bookkeeping is changed first, the statement run after, as one command: ``run``
+        # may wait for the driver connection's lock, and another task's savepoint taken
+        # meanwhile must land above what this one ends, in the list as on the server
+        # (changed after, it dropped a savepoint pushed during the wait, and a later
+        # ROLLBACK TO an older one undid other sessions' committed rows: 1 run in 6 of
+        # five concurrent async sessions under load).
         if rollback and (wrote or status == pq.TransactionStatus.INERROR):
             # Its newest savepoint: taken when it began to write (a writer), or after the
             # last write of anyone (a reader whose statement failed)
-            index = mine[-1]
-            run(f"ROLLBACK TO SAVEPOINT {self._stack[index].name}")
-            run(f"RELEASE SAVEPOINT {self._stack[index].name}")
-            del self._stack[index:]
+            name = self._stack[mine[-1]].name
+            del self._stack[mine[-1] :]
+            command = f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
         else:
             # RELEASE the lowest of its savepoints that has only its own or forgotten
             # ones above it; any lower ones stay (forgotten) until the outer ROLLBACK
@@ -556,12 +561,15 @@ class HeldSession:
             while free > 0 and self._stack[free - 1].owner in (key, None):
                 free -= 1
             lowest = next((i for i in mine if i >= free), None)
+            command = None
             if lowest is not None:
-                run(f"RELEASE SAVEPOINT {self._stack[lowest].name}")
+                command = f"RELEASE SAVEPOINT {self._stack[lowest].name}"
                 del self._stack[lowest:]
         for sp in self._stack:
             if sp.owner == key:
                 sp.owner = None
+        if command is not None:
+            run(command)
 
     def _lock_wait_error(self, context: Any) -> LockWaitTimeout:
         """Name the sessions holding locks, asked on a connection of its own (the held one
