@@ -218,6 +218,18 @@ class MemdbConfig:
             "--memdb-postgresql" if cli_postgresql else (f"memdb_postgresql in {ini_name}")
         )
         postgresql = parse_postgresql(cli_postgresql or ini_postgresql, postgresql_origin)
+        if postgresql is not None:
+            sqlite_only = [
+                (takeover, takeover_origin, "use memdb_bind for the app's engines"),
+                (keep_failed, "--memdb-keep-failed", "keep a database with pg_dump instead"),
+            ]
+            for value, origin, instead in sqlite_only:
+                if value:
+                    raise MemdbError(
+                        f"pytest-memdb: {origin} works on SQLite only, and {postgresql_origin} "
+                        f"runs the databases on PostgreSQL: {instead}, or turn one of them "
+                        "off for this run."
+                    )
         return cls(
             file,
             origin,

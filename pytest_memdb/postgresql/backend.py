@@ -20,9 +20,9 @@ sessionmakers and sessions; the modes, by PostgreSQL's own means:
 * ``session``: one clone for every ``session`` test of the run, never restored.
 
 Not on PostgreSQL yet (each a clear error when asked for): a SQLite fixture file as the
-source (give a ``.sql`` dump in ``memdb_load``), Alembic migrations, layers,
-``--memdb-keep-failed``, ``memdb_takeover``.
-"""
+source (give a ``.sql`` dump in ``memdb_load``), Alembic migrations, layers;
+``--memdb-keep-failed`` and ``memdb_takeover`` stop the run at start-up
+(:mod:`pytest_memdb.core.config`)."""
 
 from __future__ import annotations
 
