@@ -185,6 +185,7 @@ def test_start_connect_with_both_drivers_and_stop(base):
     server.stop()  # idempotent
 
 
+@pytest.mark.slow
 def test_a_hung_server_is_still_stopped(base):
     server = start_server(base=base)
     with psycopg.connect(server.dsn()):
@@ -195,6 +196,7 @@ def test_a_hung_server_is_still_stopped(base):
     assert not server.folder.exists()
 
 
+@pytest.mark.slow
 def test_tcp_is_off_unless_asked(base):
     with start_server(base=base, tcp=True) as server:
         assert server.url(driver="psycopg", tcp=True).startswith(

@@ -213,6 +213,7 @@ def _postgres_processes() -> set[str]:
     return {line for line in out.stdout.splitlines() if "postgres" in line and "-D" in line}
 
 
+@pytest.mark.slow
 def test_start_runs_a_throwaway_server_and_removes_it(pytester: pytest.Pytester) -> None:
     """``start``: the header names the server's folder; after the run the folder and the
     server are gone."""
