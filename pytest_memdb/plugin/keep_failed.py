@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_memdb.errors import MemdbError
+
 if TYPE_CHECKING:
     from pytest_memdb.core.janitor import MemdbHandle
 
@@ -51,6 +53,8 @@ def keep_databases(
         path = dump_path(directory, item.nodeid, fixture)
         try:
             what = handle.save(path)
+        except MemdbError as exc:  # a database it cannot write (PostgreSQL): say why, go on
+            lines.append(f"{fixture}: {exc}")
         except (OSError, sqlite3.Error) as exc:
             lines.append(f"{fixture}: could not write the database to {path}: {exc}")
         else:

@@ -41,7 +41,7 @@ def configure(config: pytest.Config, settings: MemdbConfig) -> None:
     try:
         _install_hint()
         from pytest_memdb.postgresql.backend import new_run_id
-        from pytest_memdb.postgresql.clones import sweep
+        from pytest_memdb.postgresql.clones import role_that_cannot_create, sweep
 
         if settings.postgresql == "start":
             from pytest_memdb.postgresql.server import start_server
@@ -58,6 +58,13 @@ def configure(config: pytest.Config, settings: MemdbConfig) -> None:
             url = settings.postgresql
             described = f"the PostgreSQL server of {settings.postgresql_origin}"
         sweep(url)
+        role = role_that_cannot_create(url)
+        if role is not None:
+            raise MemdbError(
+                f"pytest-memdb: {settings.postgresql_origin}: the role {role!r} may not create "
+                "databases, and the plugin makes one for each template and each test: "
+                f"ALTER ROLE {role} CREATEDB, or give a URL whose role may."
+            )
     except MemdbError as exc:
         raise pytest.UsageError(str(exc)) from None
     except Exception as exc:  # a server that cannot be reached, a bad URL

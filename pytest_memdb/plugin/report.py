@@ -23,6 +23,8 @@ def sources(settings: MemdbConfig) -> str:
 def restore_line(settings: MemdbConfig) -> str:
     """Which restore copy and rollback use, as the issue asks the header to say."""
     if settings.postgresql is not None:
+        if settings.isolation == "rollback":
+            return "restore=rollback of the outer transaction (PostgreSQL)"
         return "restore=a new clone of the template (PostgreSQL)"
     if settings.restore == "backup":
         return "restore=backup (memdb_restore)"

@@ -53,7 +53,7 @@ from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses, 
 from pytest_memdb.messages import ROLLBACK_ESCAPE
 from pytest_memdb.postgresql.clones import ClonePool, Cluster
 from pytest_memdb.postgresql.clones import Template as PgTemplateDatabase
-from pytest_memdb.postgresql.rollback import RollbackIsolation
+from pytest_memdb.postgresql.rollback import LOCK_TIMEOUT_S, RollbackIsolation
 
 DRIVER_SYNC = "postgresql+psycopg"
 """The driver of the plugin's engines, sync and async: psycopg's connections do not belong
@@ -111,6 +111,13 @@ def _conninfo(url: URL) -> dict[str, Any]:
     return {key: value for key, value in info.items() if value is not None}
 
 
+_LOCK = f"-c lock_timeout={int(LOCK_TIMEOUT_S * 1000)}"
+"""Copy and session engines wait for a row lock as long as rollback's held session does:
+a lock nobody will release (the test's own uncommitted write, a leaked connection's
+``FOR UPDATE``) is then an error, not a hang (PostgreSQL's deadlock detector cannot see a
+holder that is not waiting)."""
+
+
 class MovableEngines:
     """A sync and an async engine whose connections go to the *current* database: moving
     them to another clone (:meth:`move_to`) keeps the same engine objects, so every engine,
@@ -127,11 +134,11 @@ class MovableEngines:
         )
 
     def _connect_sync(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(**_conninfo(self.database.url), connect_timeout=10)
+        return psycopg.connect(**_conninfo(self.database.url), options=_LOCK, connect_timeout=10)
 
     async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(
-            **_conninfo(self.database.url), connect_timeout=10
+            **_conninfo(self.database.url), options=_LOCK, connect_timeout=10
         )
 
     def move_to(self, database: PgDatabase) -> None:

@@ -310,6 +310,24 @@ class Cluster:
         return names
 
 
+def role_that_cannot_create(url: str | URL) -> str | None:
+    """The role of ``url`` when it may not ``CREATE DATABASE`` (the plugin makes one per
+    template and per test), else None: checked at start-up, so such a role is one usage
+    error naming the option rather than a psycopg traceback for every test."""
+    engine = admin_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT current_user, rolcreatedb OR rolsuper FROM pg_roles"
+                    " WHERE rolname = current_user"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return None if row[1] else str(row[0])
+
+
 def sweep(url: str | URL) -> list[str]:
     """Drop the databases the plugin made in runs that are gone (see :class:`Mark`); never a
     database without the plugin's mark. Returns the names dropped."""
