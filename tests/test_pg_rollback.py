@@ -218,7 +218,26 @@ def test_a_set_inside_the_test_goes_with_its_rollback(iso) -> None:
     assert iso.end_test().clean
 
 
+def _let_others_in(iso: RollbackIsolation) -> None:
+    """The working database refuses other connections; these tests open one anyway (as one
+    that got in would), to check that the held session still names and ends it."""
+    with iso.pool.cluster.admin.connect() as conn:
+        conn.exec_driver_sql(f'ALTER DATABASE "{iso.database}" WITH ALLOW_CONNECTIONS true')
+
+
+def test_the_working_database_refuses_other_connections(pg, iso) -> None:
+    """A commit through a connection of the test's own would be outside the outer
+    transaction and reach the next test: such a connection is refused at once."""
+    with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+        pg.connect(iso.database, application_name="own-engine")
+    iso.begin_test()
+    with iso.sync_engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM item")) == 1
+    assert iso.end_test().clean
+
+
 def test_a_leaked_connection_holding_a_lock_gives_a_bounded_clear_error(pg, iso) -> None:
+    _let_others_in(iso)
     leaked = pg.connect(iso.database, application_name="leaky-test")
     try:
         leaked.execute("LOCK TABLE item IN ACCESS EXCLUSIVE MODE")  # and never committed
@@ -242,6 +261,7 @@ def test_a_leaked_connection_holding_a_lock_gives_a_bounded_clear_error(pg, iso)
 
 
 def test_a_connection_a_test_leaks_is_ended_before_the_next_test(pg, iso) -> None:
+    _let_others_in(iso)
     iso.begin_test()
     leaked = pg.connect(iso.database, application_name="leaky-test")
     leaked.execute("SELECT * FROM item FOR UPDATE")

@@ -223,10 +223,10 @@ class MemdbConfig:
                 (takeover, takeover_origin, "use memdb_bind for the app's engines"),
                 (keep_failed, "--memdb-keep-failed", "keep a database with pg_dump instead"),
             ]
-            for value, origin, instead in sqlite_only:
+            for value, option, instead in sqlite_only:
                 if value:
                     raise MemdbError(
-                        f"pytest-memdb: {origin} works on SQLite only, and {postgresql_origin} "
+                        f"pytest-memdb: {option} works on SQLite only, and {postgresql_origin} "
                         f"runs the databases on PostgreSQL: {instead}, or turn one of them "
                         "off for this run."
                     )

@@ -9,8 +9,9 @@ sessionmakers and sessions; the modes, by PostgreSQL's own means:
 * ``copy``: the test's own clone of the template (``CREATE DATABASE ... TEMPLATE``,
   made ahead in the background by :class:`~pytest_memdb.postgresql.clones.ClonePool`),
   dropped after it. The engines stay the same objects for the whole run: their
-  connections are made by a creator that reads which clone is current, so
-  ``memdb.reset()`` moves them to a fresh clone and everything handed out keeps working;
+  connections are made by a creator that reads which clone is current; ``memdb.reset()``
+  makes the test's database again under the same name, so everything handed out,
+  ``memdb.url`` included, keeps working;
 * ``rollback``: one clone held by one server session for the run, each test in an outer
   transaction (:mod:`pytest_memdb.postgresql.rollback`), verified at teardown: an escape
   (a ``COMMIT`` as text) is an :class:`~pytest_memdb.errors.IsolationError` and the next
@@ -292,10 +293,15 @@ class PgTemplate:
         return self._session
 
     def _fresh(self, movable: MovableEngines) -> tuple[EngineSource, Save | None]:
-        """``memdb.reset()``: the same engines on a fresh clone; the old one dropped."""
-        old = movable.database.name
-        movable.move_to(self._database(self.pool.take()))
-        self.pool.give_back(old)
+        """``memdb.reset()``: the same database *name* made again from the template (its
+        connections ended, dropped, cloned), so ``memdb.url`` and every engine built from
+        it keep reaching the test's database (moving to another clone left them on the old
+        one: found by the hostile pass). Synchronous: a clone's time, 20-50 ms quiet."""
+        run_sync(movable.aclose())
+        name = movable.database.name
+        with self.cluster.admin.connect() as conn:
+            self.cluster.drop(name, conn=conn)
+            self.cluster.create(name, template=self.template_database.name, conn=conn)
         self.stats.restored("backup")
         return movable, None
 

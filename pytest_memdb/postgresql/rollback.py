@@ -90,7 +90,7 @@ from sqlalchemy.pool import StaticPool
 
 from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.statements import leading_verb
-from pytest_memdb.postgresql.clones import APPLICATION, ClonePool
+from pytest_memdb.postgresql.clones import APPLICATION, ClonePool, quote
 from pytest_memdb.sqlite.write_lock import Engine as EngineKind
 from pytest_memdb.sqlite.write_lock import WriteLock
 
@@ -346,6 +346,7 @@ class HeldSession:
         )
         self.raw = raw
         self._baseline = [f"{k}: {t}" for k, t, pid in self._state() if pid is None]
+        self._sequences = self._sequence_state()
         self._sync_driver = _HeldSync(raw.pgconn)
         self._async_driver = _HeldAsync(raw.pgconn)
         return raw
@@ -408,6 +409,7 @@ class HeldSession:
         if rows is None:
             idle = self.raw.pgconn.transaction_status == pq.TransactionStatus.IDLE
             rows = self._state("" if idle else "ROLLBACK; ")
+        self._restore_sequences()
         verdict.state = [f"{kind}: {text}" for kind, text, pid in rows if pid is None]
         verdict.state = [line for line in verdict.state if line not in self._baseline]
         if verdict.state:
@@ -429,6 +431,33 @@ class HeldSession:
         while cursor.nextset():
             pass
         return cursor.fetchall()
+
+    def _sequence_state(self) -> dict[str, tuple[int | None, int]]:
+        """Every sequence's ``last_value`` (None: never used) and ``start_value``."""
+        rows = self.raw.execute(
+            "SELECT format('%I.%I', schemaname, sequencename), last_value, start_value"
+            " FROM pg_sequences"
+        ).fetchall()
+        return {name: (last, start) for name, last, start in rows}
+
+    def _restore_sequences(self) -> None:
+        """Put every sequence back as the clone had it: ``nextval`` is not transactional,
+        so the outer ``ROLLBACK`` leaves them advanced, and the next test's first id would
+        be 2 where copy mode and SQLite give 1 (found by the hostile pass). One round trip,
+        and a second one only when a sequence moved."""
+        now = self._sequence_state()
+        moved = [
+            (name, before) for name, before in self._sequences.items() if now.get(name) != before
+        ]
+        if not moved:
+            return
+        calls = ", ".join(
+            f"setval('{name.replace(chr(39), chr(39) * 2)}', {last}, true)"
+            if last is not None
+            else f"setval('{name.replace(chr(39), chr(39) * 2)}', {start}, false)"
+            for name, (last, start) in moved
+        )
+        self.raw.execute(f"SELECT {calls}")
 
     def move_to(self, url: str | URL) -> None:
         """Hold a session on another working database (a new clone), under the *same*
@@ -617,7 +646,15 @@ def _unbind_locks(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 class RollbackIsolation:
     """Rollback mode on one clone of a template: a :class:`HeldSession` on a working
     database taken from ``pool``; after a test that escaped, a fresh clone under the same
-    engines (what the test committed stays in the old one, which is dropped)."""
+    engines (what the test committed stays in the old one, which is dropped).
+
+    Once the held session is connected, the working database takes no other connection
+    (``ALLOW_CONNECTIONS false``): a commit through an engine a test built from
+    ``memdb_url`` or a raw connection would be outside the outer transaction and reach
+    every later test, unseen once that connection is closed (found by the hostile pass).
+    Such a connection is refused at once, by PostgreSQL, instead: the test fails where it
+    connects, and the next one starts from the template. The plugin's own engines, the
+    sessionmakers and ``memdb_bind`` go through the held session."""
 
     def __init__(self, pool: ClonePool, *, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self.pool = pool
@@ -625,7 +662,14 @@ class RollbackIsolation:
         self.session = HeldSession(
             pool.cluster.url_for(self.database), lock_timeout_s=lock_timeout_s
         )
+        self._refuse_others()
         self.reclones = 0
+
+    def _refuse_others(self) -> None:
+        with self.pool.cluster.admin.connect() as conn:
+            conn.exec_driver_sql(
+                f"ALTER DATABASE {quote(self.database)} WITH ALLOW_CONNECTIONS false"
+            )
 
     @property
     def sync_engine(self) -> Engine:
@@ -643,6 +687,7 @@ class RollbackIsolation:
         if verdict.escape is not None:
             old, self.database = self.database, self.pool.take()
             self.session.move_to(self.pool.cluster.url_for(self.database))
+            self._refuse_others()
             self.pool.give_back(old)
             self.reclones += 1
         return verdict
