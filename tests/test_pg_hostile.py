@@ -21,6 +21,8 @@ import pytest
 
 from tests.helpers import write_ini
 
+pytestmark = pytest.mark.slow  # each a PostgreSQL-backed inner run of 5-10 s; CI runs them
+
 # A bound on an inner run that may hang; far above SQLite's 5 s busy timeout, which is
 # what the same mistake meets on the SQLite backend.
 HANG_BOUND = 120

@@ -228,6 +228,7 @@ def test_owner_killed_leaves_no_postgres_process(base):
     _wait_until_gone(tree, Path(info["folder"]))
 
 
+@pytest.mark.slow
 def test_owner_killed_while_a_forked_child_lives(base):
     child, info = _child(base, fork=True)
     try:
@@ -240,6 +241,7 @@ def test_owner_killed_while_a_forked_child_lives(base):
         os.kill(int(info["forked"]), signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_owners_group_does_not_reach_the_server(base):
     child, info = _child(base, new_session=True)  # its own group, as a terminal's job
     tree = _tree(int(info["pid"]))
@@ -250,6 +252,7 @@ def test_ctrl_c_to_the_owners_group_does_not_reach_the_server(base):
     _wait_until_gone(tree, Path(info["folder"]))  # and went when the owner was gone
 
 
+@pytest.mark.slow
 def test_a_crashed_runs_server_is_swept_at_the_next_start_and_live_ones_kept(base, tmp_path):
     # A crashed run whose watchdog was killed too: its server still runs, its folder stays.
     child, info = _child(base)
