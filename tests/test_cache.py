@@ -65,6 +65,7 @@ def test_a_cached_template_is_built_once_and_reused_by_later_runs(
     assert len(entries) == 1
 
 
+@pytest.mark.slow
 def test_a_changed_input_rebuilds_and_the_flags_force_it(pytester: pytest.Pytester) -> None:
     project(pytester, memdb_cache="true")
     run(pytester)

@@ -190,6 +190,7 @@ def _pytest(pytester: pytest.Pytester, name: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow
 def test_a_long_wait_for_a_builder_says_who_and_how_to_get_out(
     pytester: pytest.Pytester,
 ) -> None:

@@ -272,6 +272,7 @@ def test_each_fixture_has_its_own_template(memdb, other_db, n):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one process", "xdist"])
 def test_a_hook_that_branches_on_the_fixture_gives_each_fixture_its_template(
     pytester: pytest.Pytester, workers: tuple[str, ...]

@@ -439,6 +439,7 @@ def test_a_pending_write_leaked_by_an_app_engine_in_rollback_mode(
     assert_no_lock_errors(result)
 
 
+@pytest.mark.slow
 def test_a_pending_write_leaked_in_session_mode_is_a_clear_error_not_a_hang(
     pytester: pytest.Pytester,
 ) -> None:

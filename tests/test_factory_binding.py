@@ -304,6 +304,7 @@ def test_under_randomly(pytester: pytest.Pytester, mode: str) -> None:
     result.assert_outcomes(passed=SUITE_TESTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["copy", "rollback"])
 def test_under_xdist(pytester: pytest.Pytester, mode: str) -> None:
     _project(pytester, memdb_factories="app.factories", memdb_isolation=mode)

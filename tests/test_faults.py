@@ -181,6 +181,7 @@ def assert_clean_end(pytester: pytest.Pytester, result: pytest.RunResult) -> Non
         output.no_fnmatch_line("*is locked*")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_failure_setup_error_skip_and_timeout_leave_the_next_test_isolated(
     pytester: pytest.Pytester, isolation: str

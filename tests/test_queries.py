@@ -434,6 +434,7 @@ library_copy = memdb_factory("library_copy", file="data/library.sqlite")
     }
 
 
+@pytest.mark.slow
 def test_under_xdist(library: pytest.Pytester) -> None:
     write_ini(library, memdb_file="data/library.sqlite")
     for isolation in MODES:

@@ -43,6 +43,7 @@ def checks(pytester: pytest.Pytester, *args: str) -> list[str]:
     return [check.split()[0] for check in found if check]
 
 
+@pytest.mark.slow
 def test_an_unchanged_file_is_checked_once_a_changed_one_again(
     pytester: pytest.Pytester, app_db: Path
 ) -> None:
