@@ -54,7 +54,7 @@ from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses, 
 from pytest_memdb.messages import ROLLBACK_ESCAPE
 from pytest_memdb.postgresql.clones import ClonePool, Cluster
 from pytest_memdb.postgresql.clones import Template as PgTemplateDatabase
-from pytest_memdb.postgresql.rollback import LOCK_TIMEOUT_S, RollbackIsolation
+from pytest_memdb.postgresql.rollback import LOCK_TIMEOUT_S, RollbackIsolation, conninfo
 
 DRIVER_SYNC = "postgresql+psycopg"
 """The driver of the plugin's engines, sync and async: psycopg's connections do not belong
@@ -99,19 +99,6 @@ class PgDatabase:
         return self.url.set(drivername=DRIVER_SYNC).render_as_string(hide_password=False)
 
 
-def _conninfo(url: URL) -> dict[str, Any]:
-    """psycopg's connection arguments for ``url`` (a unix socket in ``?host=`` included)."""
-    query = dict(url.query)
-    info: dict[str, Any] = {
-        "host": query.get("host", url.host),
-        "port": query.get("port", url.port),
-        "user": url.username,
-        "password": url.password,
-        "dbname": url.database,
-    }
-    return {key: value for key, value in info.items() if value is not None}
-
-
 _LOCK = f"-c lock_timeout={int(LOCK_TIMEOUT_S * 1000)}"
 """Copy and session engines wait for a row lock as long as rollback's held session does:
 a lock nobody will release (the test's own uncommitted write, a leaked connection's
@@ -135,11 +122,11 @@ class MovableEngines:
         )
 
     def _connect_sync(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(**_conninfo(self.database.url), options=_LOCK, connect_timeout=10)
+        return psycopg.connect(**conninfo(self.database.url), options=_LOCK, connect_timeout=10)
 
     async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(
-            **_conninfo(self.database.url), options=_LOCK, connect_timeout=10
+            **conninfo(self.database.url), options=_LOCK, connect_timeout=10
         )
 
     def move_to(self, database: PgDatabase) -> None:

@@ -287,7 +287,9 @@ class _HeldAsync(psycopg.AsyncConnection[Any]):
         """See :meth:`_HeldSync.close`."""
 
 
-def _conninfo(url: URL) -> dict[str, Any]:
+def conninfo(url: URL) -> dict[str, Any]:
+    """psycopg's connection arguments for ``url``: a unix socket in ``?host=``, and any
+    other query argument (``sslmode``...) passed on."""
     query = dict(url.query)
     info: dict[str, Any] = {
         "host": query.pop("host", url.host),
@@ -337,7 +339,7 @@ class HeldSession:
     def _open(self) -> psycopg.Connection[Any]:
         ms = int(self.lock_timeout_s * 1000)
         raw = psycopg.connect(
-            **_conninfo(self.url),
+            **conninfo(self.url),
             autocommit=True,
             prepare_threshold=None,  # no driver-made prepared statements to tell from a test's
             application_name=APPLICATION,
@@ -605,7 +607,7 @@ class HeldSession:
         is in an aborted transaction)."""
         holders = ""
         with contextlib.suppress(psycopg.Error):
-            info = {**_conninfo(self.url), "connect_timeout": 5}
+            info = {**conninfo(self.url), "connect_timeout": 5}
             with psycopg.connect(**info, options="-c statement_timeout=5000") as probe:
                 me = self.raw.info.backend_pid
                 rows = probe.execute(_OTHERS.format(me=me)).fetchall()
