@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +67,17 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     ``PYTEST_ADDOPTS`` when it is made, so it is set after."""
     monkeypatch.setenv("PYTEST_ADDOPTS", INNER_ADDOPTS)
     return pytester
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL server (the plugin's own, :mod:`pytest_memdb.postgresql.server`)
+    for the tests that hand inner runs ``--memdb-postgresql=URL``: started once per test
+    process, when first asked for, and stopped at the end."""
+    from pytest_memdb.postgresql.server import start_server
+
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()

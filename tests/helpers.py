@@ -122,3 +122,20 @@ def with_version_location(ini_text: str, location: str) -> str:
     releases strip it): the separator is written without its comment."""
     text = re.sub(r"(?m)^version_path_separator = os\b.*$", "version_path_separator = os", ini_text)
     return text.replace("[alembic]\n", f"[alembic]\nversion_locations = {location}\n")
+
+
+APP_USER_MODELS = """
+    from sqlalchemy import String
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+    class Base(DeclarativeBase):
+        pass
+
+
+    class User(Base):
+        __tablename__ = "app_user"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(50))
+"""
+"""A ``models.py`` for inner projects on either backend (the PostgreSQL switch's tests)."""

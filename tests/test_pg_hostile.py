@@ -14,12 +14,11 @@ speed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.helpers import write_ini
+from tests.helpers import APP_USER_MODELS, write_ini
 
 pytestmark = pytest.mark.slow  # each a PostgreSQL-backed inner run of 5-10 s; CI runs them
 
@@ -27,33 +26,8 @@ pytestmark = pytest.mark.slow  # each a PostgreSQL-backed inner run of 5-10 s; C
 # what the same mistake meets on the SQLite backend.
 HANG_BOUND = 120
 
-MODELS = """
-    from sqlalchemy import String
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-
-    class Base(DeclarativeBase):
-        pass
-
-
-    class User(Base):
-        __tablename__ = "app_user"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str] = mapped_column(String(50))
-"""
 
 SEED = "INSERT INTO app_user (name) VALUES ('ada'), ('grace');\n"
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[Any]:
-    from pytest_memdb.postgresql.server import start_server
-
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -63,7 +37,7 @@ def pg_url(pg_server: Any) -> str:
 
 
 def _project(pytester: pytest.Pytester, mode: str, tests: str, *, seed: bool = True) -> None:
-    pytester.makepyfile(models=MODELS, test_it=tests)
+    pytester.makepyfile(models=APP_USER_MODELS, test_it=tests)
     options = {"memdb_metadata": "models:Base", "memdb_isolation": mode, "pythonpath": "."}
     if seed:
         (pytester.path / "seed.sql").write_text(SEED)

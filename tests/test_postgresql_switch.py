@@ -11,28 +11,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import write_ini
+from tests.helpers import APP_USER_MODELS, write_ini
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
 EXAMPLE_TESTS = {"quickstart": 2, "fastapi-starlette": 3}
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[Any]:
-    from pytest_memdb.postgresql.server import start_server
-
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,21 +47,6 @@ def test_the_docs_examples_pass_by_the_switch_alone(
     result = pytester.runpytest_subprocess(*switch, f"--memdb-isolation={mode}", timeout=300)
     result.assert_outcomes(passed=EXAMPLE_TESTS[example])
 
-
-MODELS = """
-    from sqlalchemy import String
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-
-    class Base(DeclarativeBase):
-        pass
-
-
-    class User(Base):
-        __tablename__ = "app_user"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str] = mapped_column(String(50))
-"""
 
 SEED = "INSERT INTO app_user (id, name) VALUES (1, 'ada'), (2, 'grace');\n"
 
@@ -122,7 +95,7 @@ ISOLATION = """
 
 
 def _isolation_project(pytester: pytest.Pytester, mode: str) -> None:
-    pytester.makepyfile(models=MODELS, test_isolation=ISOLATION)
+    pytester.makepyfile(models=APP_USER_MODELS, test_isolation=ISOLATION)
     (pytester.path / "seed.sql").write_text(SEED)
     write_ini(
         pytester,
