@@ -1,7 +1,7 @@
 """The cache's one promise, as a property: whatever the inputs were edited to between
 runs, the template it hands out is the one a build without the cache gives.
 
-Drives the core (:class:`pytest_memdb.core.cache.TemplateCache` and ``build_template``) with
+Drives the core (:class:`pytest_memdb.sqlite.cache.TemplateCache` and ``build_template``) with
 no pytest session, so each example is fast: a run is a new cache object (a new run id)
 on the same cache folder, with the project's modules imported anew, as a new process
 would. The inputs: a fixture file (edited in place: same inode, often the same size),
@@ -35,9 +35,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection
 
-from pytest_memdb.core.cache import TemplateCache
 from pytest_memdb.core.config import LoadStep, Target
 from pytest_memdb.core.templates import build_template
+from pytest_memdb.sqlite.cache import TemplateCache
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 from tests.helpers import with_version_location
 

@@ -141,7 +141,7 @@ class MemdbConfig:
     takeover_origin: str = ""
     ini_name: str = "the ini file"
     cache: bool = False
-    """Keep built templates in pytest's cache folder (:mod:`pytest_memdb.core.cache`)."""
+    """Keep built templates in pytest's cache folder (:mod:`pytest_memdb.sqlite.cache`)."""
     rebuild: bool = False
     factories: tuple[str, ...] = ()
     """Modules whose factory_boy / polyfactory factories write through each test's session

@@ -10,7 +10,6 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from pytest_memdb.core._loop import run_sync
-from pytest_memdb.core.cache import TemplateCache
 from pytest_memdb.core.config import LAYER_FIXTURES, MemdbConfig, Target
 from pytest_memdb.core.importing import import_metadata
 from pytest_memdb.core.janitor import MemdbHandle
@@ -20,6 +19,7 @@ from pytest_memdb.core.templates import TemplateHook, build_template
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.integrations.binding import Binder
 from pytest_memdb.integrations.sessions import SessionClasses, session_classes
+from pytest_memdb.sqlite.cache import TemplateCache
 from pytest_memdb.sqlite.engines import EnginePair
 from pytest_memdb.sqlite.loading import CheckedFiles
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name

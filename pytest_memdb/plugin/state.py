@@ -76,9 +76,9 @@ def registry(config: pytest.Config) -> MemdbRegistry:
     """The session's registry, created (and SQLAlchemy imported) on first use."""
     registry = config.stash.get(registry_key, None)
     if registry is None:
-        from pytest_memdb.core.cache import quick_check_cache, template_cache
         from pytest_memdb.core.registry import MemdbRegistry
         from pytest_memdb.core.templates import hook_runner
+        from pytest_memdb.sqlite.cache import quick_check_cache, template_cache
 
         workerinput = getattr(config, "workerinput", {})
         settings = config.stash[settings_key]

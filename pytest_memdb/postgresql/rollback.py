@@ -18,7 +18,7 @@ on PostgreSQL:
 * a SQLAlchemy transaction's first statement takes a ``SAVEPOINT`` (PostgreSQL aborts the
   whole transaction on any error, a failed read too, so every transaction needs one to go
   back to); its ``commit()`` is a ``RELEASE``, its ``rollback()`` a ``ROLLBACK TO``.
-  Writes take the test's write lock (:mod:`pytest_memdb.sqlite.write_lock`, as on SQLite: a
+  Writes take the test's write lock (:mod:`pytest_memdb.core.write_lock`, as on SQLite: a
   second writer waits, or fails at once with the holder named when the holder cannot end
   its transaction meanwhile) and a savepoint of their own, so a writer's ``ROLLBACK TO``
   undoes its writes and no one else's; a reader gets a new savepoint when someone wrote
@@ -90,9 +90,9 @@ from sqlalchemy.pool import StaticPool
 
 from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.statements import leading_verb
+from pytest_memdb.core.write_lock import Engine as EngineKind
+from pytest_memdb.core.write_lock import WriteLock
 from pytest_memdb.postgresql.clones import APPLICATION, ClonePool, quote
-from pytest_memdb.sqlite.write_lock import Engine as EngineKind
-from pytest_memdb.sqlite.write_lock import WriteLock
 
 _await = getattr(util, "await_", None) or util.await_only
 OUTER = "memdb_outer"

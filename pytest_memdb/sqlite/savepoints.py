@@ -37,7 +37,7 @@ The write lock keeps savepoints strictly nested when several sessions of one
 test run concurrently (SQLite's ``RELEASE`` of an outer name would otherwise
 swallow an inner one). A second writer waits for it up to the busy timeout, as
 with SQLite's own write lock, unless the holder cannot end its transaction while it
-waits (:mod:`pytest_memdb.sqlite.write_lock`); reads never wait for it. (In the other modes reads
+waits (:mod:`pytest_memdb.core.write_lock`); reads never wait for it. (In the other modes reads
 do wait: SQLite's ``memdb`` VFS lets no new reader in while another connection
 holds an uncommitted write, unlike a file in rollback-journal mode.)
 """
@@ -62,14 +62,14 @@ from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.callers import place
 from pytest_memdb.core.collector import collection_paused
 from pytest_memdb.core.statements import leading_verb
+from pytest_memdb.core.write_lock import Engine as EngineKind
+from pytest_memdb.core.write_lock import WriteLock
 from pytest_memdb.sqlite.connections import TrackedConnection, connect, leaves_connection_state
 from pytest_memdb.sqlite.dumps import save_connection_view
 from pytest_memdb.sqlite.engines import CLOSE_WAIT_S, MemdbAioConnection, listeners
 from pytest_memdb.sqlite.ignored_pragmas import foreign_keys_setting, ignored
 from pytest_memdb.sqlite.memory import MemoryDatabase
 from pytest_memdb.sqlite.pragmas import Pragmas, apply_pragmas
-from pytest_memdb.sqlite.write_lock import Engine as EngineKind
-from pytest_memdb.sqlite.write_lock import WriteLock
 
 _await = getattr(util, "await_", None) or util.await_only
 _READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from pytest_memdb.core.cache_entries import Entry
+from pytest_memdb.sqlite.cache_entries import Entry
 
 WAIT_S = 600.0
 """How long a process waits for another one to finish building a template before it

@@ -10,7 +10,7 @@ checksum) before it loads it, so a truncated, emptied or altered entry is report
 bad (:class:`Bad`, with what is wrong) and the cache builds and replaces it.
 
 The two renames are not one step: a reader between them sees a pair that does not
-match. It then takes the entry's lock (:mod:`pytest_memdb.core.cache`) and reads again; the
+match. It then takes the entry's lock (:mod:`pytest_memdb.sqlite.cache`) and reads again; the
 writer holds that lock until both are in place.
 """
 

@@ -9,16 +9,16 @@ again; the cache only ever reads it, to write the entry.
 
 When in doubt, rebuild:
 
-* the key is made of everything the build reads or runs (:mod:`pytest_memdb.core.cache_key`:
+* the key is made of everything the build reads or runs (:mod:`pytest_memdb.sqlite.cache_key`:
   the file's identity, every statement ``create_all`` runs with its events, every file
   Alembic loads, the seed steps, the hooks' modules and, with a hook, every field of the
   target it is given); a template whose build cannot be seen whole is not cached;
 * an entry is verified on every read (size and SHA-256 against its manifest,
-  :mod:`pytest_memdb.core.cache_entries`); a bad one is built again and replaced, with a
+  :mod:`pytest_memdb.sqlite.cache_entries`); a bad one is built again and replaced, with a
   warning saying what was wrong;
 * a valid entry is read with no lock; only a process that builds takes the entry's lock
-  (:mod:`pytest_memdb.core.cache_lock`), and a wait of more than a few seconds says what it
-  waits for, whom, and how to get out; after :data:`~pytest_memdb.core.cache_lock.WAIT_S` it
+  (:mod:`pytest_memdb.sqlite.cache_lock`), and a wait of more than a few seconds says what it
+  waits for, whom, and how to get out; after :data:`~pytest_memdb.sqlite.cache_lock.WAIT_S` it
   builds without the cache;
 * a cache folder that cannot be made, read or written means building without the cache
   for the rest of the run, with one warning.
@@ -40,10 +40,10 @@ from typing import Any
 
 import pytest
 
-from pytest_memdb.core.cache_entries import Bad, Entry, Good
-from pytest_memdb.core.cache_lock import NOTICE_S, WAIT_S, building
 from pytest_memdb.core.config import MemdbConfig, Target
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.sqlite.cache_entries import Bad, Entry, Good
+from pytest_memdb.sqlite.cache_lock import NOTICE_S, WAIT_S, building
 from pytest_memdb.sqlite.loading import load_file
 from pytest_memdb.sqlite.memory import MemoryDatabase
 from pytest_memdb.sqlite.pragmas import Pragmas
@@ -119,7 +119,7 @@ class TemplateCache:
         """The template ``target`` describes: from the cache, or built and put there."""
         if self._unusable is not None:
             return self._without_cache(build)
-        from pytest_memdb.core.cache_key import Uncacheable
+        from pytest_memdb.sqlite.cache_key import Uncacheable
 
         try:
             key = self.key(target)
@@ -214,8 +214,8 @@ class TemplateCache:
 
     def key(self, target: Target) -> str:
         """The hash of everything that builds ``target``'s template
-        (:func:`pytest_memdb.core.cache_key.template_key`)."""
-        from pytest_memdb.core.cache_key import template_key
+        (:func:`pytest_memdb.sqlite.cache_key.template_key`)."""
+        from pytest_memdb.sqlite.cache_key import template_key
 
         return template_key(
             target, base_dir=self._base_dir, pragmas=self._pragmas, hooks=self._hooks
