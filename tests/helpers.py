@@ -7,8 +7,14 @@ import re
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pytest_memdb.core.config import MemdbConfig, Target
+    from pytest_memdb.core.registry import MemdbRegistry
+    from pytest_memdb.sqlite.template_database import Template
 
 USERS = [("ada", "ada@example.com"), ("brian", "brian@example.com"), ("grace", "grace@example.com")]
 
@@ -139,3 +145,20 @@ APP_USER_MODELS = """
         name: Mapped[str] = mapped_column(String(50))
 """
 """A ``models.py`` for inner projects on either backend (the PostgreSQL switch's tests)."""
+
+
+def sqlite_registry(settings: MemdbConfig, worker: str = "main") -> MemdbRegistry:
+    """A registry on the SQLite backend, as the plugin makes one (no cache)."""
+    from pytest_memdb.core.registry import MemdbRegistry
+    from pytest_memdb.sqlite.backend import SqliteBackend
+
+    return MemdbRegistry(settings, lambda: SqliteBackend(settings, worker))
+
+
+def sqlite_template(registry: MemdbRegistry, target: Target) -> Template:
+    """``target``'s template in ``registry``, which must be SQLite's (its database is read)."""
+    from pytest_memdb.sqlite.template_database import Template
+
+    template = registry.template(target)
+    assert isinstance(template, Template)
+    return template

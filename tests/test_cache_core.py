@@ -19,7 +19,7 @@ import filelock
 import pytest
 
 from pytest_memdb.core.config import LoadStep, Target
-from pytest_memdb.core.templates import build_template
+from pytest_memdb.sqlite.build import build_template
 from pytest_memdb.sqlite.cache import TemplateCache
 from pytest_memdb.sqlite.cache_entries import Bad, Entry, Good
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name

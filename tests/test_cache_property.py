@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection
 
 from pytest_memdb.core.config import LoadStep, Target
-from pytest_memdb.core.templates import build_template
+from pytest_memdb.sqlite.build import build_template
 from pytest_memdb.sqlite.cache import TemplateCache
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 from tests.helpers import with_version_location

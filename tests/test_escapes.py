@@ -651,16 +651,15 @@ def test_the_template_is_private_and_a_write_to_it_is_caught(tmp_path: Path) -> 
     # empty database of one's own. And should the plugin's own code ever write it, the test
     # that was running is failed, naming the template.
     from pytest_memdb.core.config import MemdbConfig, Target
-    from pytest_memdb.core.registry import MemdbRegistry
     from pytest_memdb.errors import MemdbError
-    from tests.helpers import make_sqlite
+    from tests.helpers import make_sqlite, sqlite_registry, sqlite_template
 
     path = make_sqlite(tmp_path / "app.sqlite")
-    registry = MemdbRegistry(MemdbConfig(path, "test", "copy", False, tmp_path), "main")
+    registry = sqlite_registry(MemdbConfig(path, "test", "copy", False, tmp_path))
     try:
         target = Target(path, "test", "copy")
         handle = registry.open(target)
-        template = registry.template(target).database
+        template = sqlite_template(registry, target).database
         for uri in (template.sqlite_uri, f"file:/{template.name}?vfs=memdb"):
             outsider = sqlite3.connect(uri, uri=True)
             assert outsider.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)

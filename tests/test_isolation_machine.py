@@ -71,7 +71,7 @@ from pytest_memdb import errors
 from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.config import MemdbConfig, Target
 from pytest_memdb.core.registry import MemdbRegistry
-from tests.helpers import make_sqlite
+from tests.helpers import make_sqlite, sqlite_registry, sqlite_template
 
 IsolationError: type[BaseException] | None = getattr(errors, "IsolationError", None)
 
@@ -238,7 +238,7 @@ def raw_snapshot(uri: str) -> dict[str, Any]:
 def template_snapshot(registry: MemdbRegistry, target: Target) -> dict[str, Any]:
     """The template's content, read through the plugin's own anchor connection: the
     template may be private (no other connection can open it by name)."""
-    anchor = registry.template(target).database.anchor
+    anchor = sqlite_template(registry, target).database.anchor
     return snapshot(lambda sql: anchor.execute(sql).fetchall())
 
 
@@ -284,7 +284,7 @@ class IsolationMachine(RuleBasedStateMachine):
             mode: Target(file=self.source, file_origin="test_isolation_machine", isolation=mode)
             for mode in MODES
         }
-        self.registry = MemdbRegistry(self.settings, "machine")
+        self.registry = sqlite_registry(self.settings, "machine")
         self.expected = raw_snapshot(f"file:{self.source}?mode=ro")
         self.session_expected: dict[str, Any] | None = None
         self.handle: Any = None

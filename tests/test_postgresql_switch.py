@@ -115,6 +115,11 @@ def test_every_test_starts_from_the_template(
     _isolation_project(pytester, mode)
     result = pytester.runpytest_subprocess(*switch, timeout=300)
     result.assert_outcomes(passed=4)
+    if switch:  # PostgreSQL's restores are clones, counted as such (not as SQLite backups)
+        clones = {"copy": 7, "rollback": 0}[mode]  # one per copy test, one per reset
+        line = next(line for line in result.outlines if line.startswith("memdb: 4 databases"))
+        assert "restores 0 pages, 0 backup, " in line, line
+        assert line.endswith(f", {clones} clones") if clones else "clones" not in line, line
 
 
 ESCAPE = """

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from pytest_memdb.core.config import LoadStep, Target
-from pytest_memdb.core.templates import build_template, split_sql
+from pytest_memdb.core.templates import split_sql
 from pytest_memdb.errors import MemdbError
+from pytest_memdb.sqlite.build import build_template
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 from tests.helpers import digest, write_ini
 

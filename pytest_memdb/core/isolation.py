@@ -1,7 +1,7 @@
 """The three isolation modes: three small strategies over one working database.
 
 Imports SQLAlchemy: load lazily. A test's path through the plugin is the same in every
-mode (:meth:`pytest_memdb.core.registry.Template.open` and ``_end``): take the working
+mode (:meth:`pytest_memdb.core.template.TemplateBase.open` and ``_end``): take the working
 database, made equal to the template; run the test; close what it left checked out;
 then the one step that differs; then put its connections back in order and make the
 database equal again. The step that differs:
@@ -26,6 +26,21 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pytest_memdb.core.config import Isolation
+
+
+class Database(Protocol):
+    """What a handle shows of its database, on any backend (SQLite:
+    :class:`~pytest_memdb.sqlite.memory.MemoryDatabase`, PostgreSQL:
+    :class:`~pytest_memdb.postgresql.working.PgDatabase`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def async_url(self) -> str: ...
+
+    @property
+    def sync_url(self) -> str: ...
 
 
 class EngineSource(Protocol):
@@ -56,9 +71,14 @@ class SharedTransaction(EngineSource, Protocol):
 
 
 class WorkingDatabase(Protocol):
-    """What the strategies need of a backend's working database (SQLite:
-    :class:`~pytest_memdb.sqlite.working.WorkingDatabase`): they never see which backend
-    it is."""
+    """What the strategies and the template's driver (:mod:`pytest_memdb.core.template`)
+    need of a backend's working database (SQLite:
+    :class:`~pytest_memdb.sqlite.working.WorkingDatabase`, PostgreSQL:
+    :class:`~pytest_memdb.postgresql.working.PgWorkingDatabase`): they never see which
+    backend it is."""
+
+    last_handed: object
+    """The engines the last test was handed (settled again only when that changes)."""
 
     @property
     def engines(self) -> EngineSource: ...
@@ -68,6 +88,38 @@ class WorkingDatabase(Protocol):
 
     @property
     def shared_if_made(self) -> SharedTransaction | None: ...
+
+    def database_of(self, engines: EngineSource) -> Database:
+        """The database ``engines`` reach (what the test's handle shows)."""
+
+    def is_free(self) -> bool:
+        """Whether no connection a test leaked holds the database (it would make the next
+        test wait)."""
+
+    def make_equal(
+        self,
+        *,
+        after_test: bool = False,
+        force: bool = False,
+        doubt: bool = False,
+        keep_name: bool = False,
+    ) -> bool:
+        """Bring the database back to the template's content; False if a leaked lock stops
+        it. ``force``: even if nothing was seen written; ``doubt``: the test left state that
+        may have written; ``keep_name``: a reset, the test goes on under the same name."""
+
+    def close_leftovers(self) -> None:
+        """Close what the test left checked out of the engines' pools."""
+
+    def needs_settling(self, source: object) -> bool:
+        """Whether the connections of ``source`` carry anything a test left."""
+
+    def settle_if_needed(
+        self, source: object, *, keep_engines: bool = False, needed: bool | None = None
+    ) -> None:
+        """Close or replace the connections of ``source`` that carry what a test left."""
+
+    async def aclose(self) -> None: ...
 
 
 class Strategy(Protocol):

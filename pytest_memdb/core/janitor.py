@@ -9,33 +9,18 @@ import sqlite3
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pytest_memdb.core.config import Isolation
-from pytest_memdb.core.isolation import EngineSource
+from pytest_memdb.core.isolation import Database, EngineSource
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.integrations.queries import QueryCounter
 from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers
 from pytest_memdb.messages import TEST_ENDED
 from pytest_memdb.sqlite.dumps import save_committed, save_connection_view
 from pytest_memdb.sqlite.memory import MemoryDatabase
-
-
-class Database(Protocol):
-    """What a handle shows of its database, on any backend (SQLite:
-    :class:`~pytest_memdb.sqlite.memory.MemoryDatabase`)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def async_url(self) -> str: ...
-
-    @property
-    def sync_url(self) -> str: ...
 
 
 class MemdbHandle:

@@ -48,6 +48,7 @@ from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.config import LAYER_FIXTURES
 from pytest_memdb.core.janitor import MemdbHandle
 from pytest_memdb.core.stats import MemdbStats
+from pytest_memdb.core.template import TemplateBase
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.sqlite.engines import EnginePair
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
@@ -92,7 +93,7 @@ class Base(Protocol):
 class Deferred:
     """A template found on first use (see :meth:`MemdbRegistry.layer`)."""
 
-    def __init__(self, find: Callable[[], Template]) -> None:
+    def __init__(self, find: Callable[[], TemplateBase]) -> None:
         self._find = find
         self._found: Template | None = None
 
@@ -103,7 +104,14 @@ class Deferred:
 
     def root(self) -> Template:
         if self._found is None:
-            self._found = self._find()
+            found = self._find()
+            if not isinstance(found, Template):
+                raise MemdbError(
+                    "pytest-memdb: layers (memdb_suite, memdb_module, memdb_class) are not on "
+                    "PostgreSQL yet (memdb_postgresql): write the data in the test, or run "
+                    "this test on SQLite."
+                )
+            self._found = found
         return self._found
 
     def writers(self) -> frozenset[Writer]:

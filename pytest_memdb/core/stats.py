@@ -26,6 +26,7 @@ class MemdbStats:
     restores_pages: int = _count("restores that copied back the pages a test wrote")
     restores_backup: int = _count("restores that backed the whole template up")
     restores_none: int = _count("tests that wrote nothing (no restore)")
+    restores_clone: int = _count("restores by a new clone of the template (PostgreSQL)")
     escapes: int = _count("tests reported for escaping rollback isolation")
     layers_laid: int = _count("layers laid (memdb_suite, memdb_module, memdb_class)")
     layers_frozen: int = _count("layer checkpoints (frozen after a fixture of its scope wrote)")
@@ -36,9 +37,12 @@ class MemdbStats:
     """How many xdist workers' counts were added (on the controller)."""
 
     def restored(self, kind: str) -> None:
-        """A restore of the working database, ``pages`` or ``backup``."""
+        """A restore of the working database, ``pages``, ``backup`` (SQLite) or ``clone``
+        (PostgreSQL)."""
         if kind == "pages":
             self.restores_pages += 1
+        elif kind == "clone":
+            self.restores_clone += 1
         else:
             self.restores_backup += 1
 
@@ -62,7 +66,8 @@ class MemdbStats:
             f"memdb: {self.databases} databases{workers}",
             f"templates {self.templates_built} built, {self.templates_cached} from cache",
             f"restores {self.restores_pages} pages, {self.restores_backup} backup, "
-            f"{self.restores_none} none",
+            f"{self.restores_none} none"
+            + (f", {self.restores_clone} clones" if self.restores_clone else ""),
         ]
         if self.escapes:
             parts.append(f"{self.escapes} escapes")

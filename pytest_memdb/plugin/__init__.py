@@ -74,7 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_memdb.integrations.takeover import Takeover
 
         config.stash[takeover_key] = Takeover(
-            settings.takeover, settings.takeover_origin, lambda: state.registry(config).outside()
+            settings.takeover, settings.takeover_origin, lambda: state.takeover_scratch(config)
         )
 
 

@@ -100,7 +100,7 @@ def header(config: pytest.Config) -> str | None:
     return config.stash.get(described_key, None)
 
 
-def backend_factory(config: pytest.Config, worker: str) -> Any:
+def backend_factory(config: pytest.Config, settings: MemdbConfig, worker: str) -> Any:
     """What makes the run's :class:`~pytest_memdb.postgresql.backend.PgBackend` (at the
     first template), or None on SQLite."""
     url = config.stash.get(url_key, None)
@@ -111,6 +111,6 @@ def backend_factory(config: pytest.Config, worker: str) -> Any:
     def make() -> PgBackend:
         from pytest_memdb.postgresql.backend import PgBackend
 
-        return PgBackend(url, run_id=run_id, worker=worker)
+        return PgBackend(url, settings, run_id=run_id, worker=worker)
 
     return make

@@ -6,6 +6,7 @@ a run that uses no memdb fixture imports nothing heavy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from pytest_memdb.integrations.factory_binding import FactoryModules
     from pytest_memdb.integrations.strict import StrictGuard
     from pytest_memdb.integrations.takeover import Takeover
+    from pytest_memdb.sqlite.backend import SqliteBackend
+    from pytest_memdb.sqlite.engines import EnginePair
 
 settings_key = pytest.StashKey[MemdbConfig]()
 
@@ -78,20 +81,17 @@ def registry(config: pytest.Config) -> MemdbRegistry:
     if registry is None:
         from pytest_memdb.core.registry import MemdbRegistry
         from pytest_memdb.core.templates import hook_runner
-        from pytest_memdb.sqlite.cache import quick_check_cache, template_cache
 
         workerinput = getattr(config, "workerinput", {})
+        worker = workerinput.get("workerid", "main")
         settings = config.stash[settings_key]
         stats = config.stash[stats_key]
         stats.used = True
         registry = MemdbRegistry(
             settings,
-            workerinput.get("workerid", "main"),
+            postgresql.backend_factory(config, settings, worker) or sqlite_backend(config),
             hook_runner(config.hook.pytest_memdb_template, config),
-            cache=template_cache(config, settings) if settings.cache else None,
-            checked=quick_check_cache(config),
             stats=stats,
-            postgresql=postgresql.backend_factory(config, workerinput.get("workerid", "main")),
         )
         config.stash[registry_key] = registry
         from pytest_memdb.core._loop import close_private_loop
@@ -99,6 +99,36 @@ def registry(config: pytest.Config) -> MemdbRegistry:
         config.add_cleanup(close_private_loop)  # cleanups run last-in first-out: after close
         config.add_cleanup(registry.close)
     return registry
+
+
+def sqlite_backend(config: pytest.Config) -> Callable[[], SqliteBackend]:
+    """What makes the run's SQLite backend (at the first template): its cache
+    (``memdb_cache``) and the fixture files known good (pytest's cache) come from here."""
+
+    def make() -> SqliteBackend:
+        from pytest_memdb.sqlite.backend import SqliteBackend
+        from pytest_memdb.sqlite.cache import quick_check_cache, template_cache
+
+        settings = config.stash[settings_key]
+        return SqliteBackend(
+            settings,
+            getattr(config, "workerinput", {}).get("workerid", "main"),
+            cache=template_cache(config, settings) if settings.cache else None,
+            checked=quick_check_cache(config),
+        )
+
+    return make
+
+
+def takeover_scratch(config: pytest.Config) -> EnginePair:
+    """The scratch copy of the run's template that ``memdb_takeover`` connects outside tests
+    (SQLite only: the option is refused with ``memdb_postgresql`` at start-up)."""
+    from pytest_memdb.sqlite.backend import SqliteBackend
+
+    found = registry(config)
+    backend = found.backend
+    assert isinstance(backend, SqliteBackend)
+    return backend.outside(found.template(config.stash[settings_key].default_target()))
 
 
 def factory_modules(config: pytest.Config) -> FactoryModules | None:

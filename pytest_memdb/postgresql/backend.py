@@ -4,7 +4,10 @@ sources, and tests on clones of it in the same three isolation modes.
 Imports SQLAlchemy and psycopg: load it lazily (the registry does, when
 ``memdb_postgresql`` is set). What a test sees is what it sees on SQLite: a
 :class:`~pytest_memdb.core.janitor.MemdbHandle` with an ``AsyncEngine``, a sync ``Engine``,
-sessionmakers and sessions; the modes, by PostgreSQL's own means:
+sessionmakers and sessions, through the same driver and strategies
+(:class:`~pytest_memdb.core.template.TemplateBase`, :mod:`pytest_memdb.core.isolation`) over
+a working database of PostgreSQL's (:mod:`pytest_memdb.postgresql.working`); the modes, by
+PostgreSQL's own means:
 
 * ``copy``: the test's own clone of the template (``CREATE DATABASE ... TEMPLATE``,
   made ahead in the background by :class:`~pytest_memdb.postgresql.clones.ClonePool`),
@@ -30,36 +33,21 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import psycopg
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
-from pytest_memdb.core._loop import run_sync
-from pytest_memdb.core.config import Isolation, MemdbConfig, Target
+from pytest_memdb.core.config import MemdbConfig, Target
 from pytest_memdb.core.importing import import_metadata
-from pytest_memdb.core.isolation import EngineSource, Save
-from pytest_memdb.core.janitor import MemdbHandle
+from pytest_memdb.core.isolation import WorkingDatabase
 from pytest_memdb.core.stats import MemdbStats
+from pytest_memdb.core.template import Role, TemplateBase
 from pytest_memdb.core.templates import TemplateHook, seed
-from pytest_memdb.errors import IsolationError, MemdbError, MemdbWarning
-from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers
-from pytest_memdb.messages import ROLLBACK_ESCAPE
+from pytest_memdb.errors import MemdbError
+from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses
 from pytest_memdb.postgresql.clones import ClonePool, Cluster
 from pytest_memdb.postgresql.clones import Template as PgTemplateDatabase
-from pytest_memdb.postgresql.rollback import LOCK_TIMEOUT_S, RollbackIsolation, conninfo
-
-DRIVER_SYNC = "postgresql+psycopg"
-"""The driver of the plugin's engines, sync and async: psycopg's connections do not belong
-to one event loop, and pytest-asyncio gives each test its own (asyncpg's would not outlive
-it; see :mod:`pytest_memdb.postgresql.rollback`)."""
+from pytest_memdb.postgresql.working import PgWorkingDatabase
 
 
 def unsupported(target: Target, settings: MemdbConfig) -> str | None:
@@ -81,116 +69,10 @@ def unsupported(target: Target, settings: MemdbConfig) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class PgDatabase:
-    """What a handle shows of a PostgreSQL database: its name and URLs."""
-
-    name: str
-    url: URL
-
-    @property
-    def async_url(self) -> str:
-        """The database's URL for ``create_async_engine`` (psycopg's async driver)."""
-        return self.url.set(drivername=DRIVER_SYNC).render_as_string(hide_password=False)
-
-    @property
-    def sync_url(self) -> str:
-        """The database's URL for ``create_engine``."""
-        return self.url.set(drivername=DRIVER_SYNC).render_as_string(hide_password=False)
-
-
-_LOCK = f"-c lock_timeout={int(LOCK_TIMEOUT_S * 1000)}"
-"""Copy and session engines wait for a row lock as long as rollback's held session does:
-a lock nobody will release (the test's own uncommitted write, a leaked connection's
-``FOR UPDATE``) is then an error, not a hang (PostgreSQL's deadlock detector cannot see a
-holder that is not waiting)."""
-
-
-class MovableEngines:
-    """A sync and an async engine whose connections go to the *current* database: moving
-    them to another clone (:meth:`move_to`) keeps the same engine objects, so every engine,
-    sessionmaker and session handed out stays usable after ``memdb.reset()``."""
-
-    def __init__(self, database: PgDatabase, *, echo: bool) -> None:
-        self.database = database
-        url = database.url.set(drivername=DRIVER_SYNC)
-        self.async_engine: AsyncEngine = create_async_engine(
-            url, async_creator=self._connect_async, poolclass=NullPool, echo=echo
-        )
-        self.sync_engine: Engine = create_engine(
-            url, creator=self._connect_sync, poolclass=NullPool, echo=echo
-        )
-
-    def _connect_sync(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(**conninfo(self.database.url), options=_LOCK, connect_timeout=10)
-
-    async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(
-            **conninfo(self.database.url), options=_LOCK, connect_timeout=10
-        )
-
-    def move_to(self, database: PgDatabase) -> None:
-        """Point the engines at ``database`` (NullPool: nothing pooled to close). Their
-        ``url`` says which (the creators connect; ``memdb_queries`` and reprs read it)."""
-        self.database = database
-        url = database.url.set(drivername=DRIVER_SYNC)
-        self.sync_engine.url = url
-        self.async_engine.sync_engine.url = url
-
-    def close_leftovers(self) -> None:
-        """Nothing pooled (NullPool); a connection a test leaked is ended by the server
-        when its clone is dropped (``DROP DATABASE ... WITH (FORCE)``)."""
-
-    async def aclose(self) -> None:
-        await self.async_engine.dispose()
-        self.sync_engine.dispose()
-
-
-class _Shared:
-    """Rollback mode's held session, as the handle and the strategies see it."""
-
-    def __init__(self, isolation: RollbackIsolation, cluster: Cluster) -> None:
-        self.isolation = isolation
-        self._cluster = cluster
-
-    @property
-    def async_engine(self) -> AsyncEngine:
-        return self.isolation.async_engine
-
-    @property
-    def sync_engine(self) -> Engine:
-        return self.isolation.sync_engine
-
-    @property
-    def database(self) -> PgDatabase:
-        name = self.isolation.database
-        return PgDatabase(name, self._cluster.url_for(name))
-
-    def begin_test(self) -> None:
-        self.isolation.begin_test()
-
-    def end_test(self) -> str | None:
-        verdict = self.isolation.end_test()
-        left = [*verdict.state]
-        if verdict.others:
-            left.append(f"other sessions on the working database (ended): {verdict.others}")
-        if left and verdict.escape is None:
-            warnings.warn(
-                MemdbWarning(
-                    "pytest-memdb: the test left session state on rollback mode's held "
-                    "PostgreSQL session, cleared before the next test (DISCARD ALL): "
-                    + "; ".join(left)
-                ),
-                stacklevel=2,
-            )
-        return verdict.escape
-
-    def save(self, path: Path) -> Path:
-        raise MemdbError("pytest-memdb: --memdb-keep-failed writes SQLite files only.")
-
-
-class PgTemplate:
-    """A template database on the server, and the clones tests run on."""
+class PgTemplate(TemplateBase):
+    """A template database on the server, sealed, and the working databases on clones of
+    it (:class:`~pytest_memdb.postgresql.working.PgWorkingDatabase`); the way tests take
+    turns on them is the backend-free driver's."""
 
     def __init__(
         self,
@@ -202,152 +84,55 @@ class PgTemplate:
         classes: SessionClasses = DEFAULT_CLASSES,
         stats: MemdbStats | None = None,
     ) -> None:
+        super().__init__(source=None, label=label, classes=classes, stats=stats)
         self.cluster = cluster
         self.template_database = database
         self.echo = echo
-        self.label = label
-        self.classes = classes
-        self.stats = stats if stats is not None else MemdbStats()
-        self.source: Path | None = None
-        self._sync_makers = SyncMakers(classes)
         self.pool = ClonePool(cluster, database)
-        self._copy: MovableEngines | None = None
-        self._session: MovableEngines | None = None
-        self._rollback: _Shared | None = None
-
-    def root(self) -> PgTemplate:
-        return self
 
     def template(self) -> PgTemplate:
         return self
 
-    def _database(self, name: str) -> PgDatabase:
-        return PgDatabase(name, self.cluster.url_for(name))
+    def root(self) -> PgTemplate:
+        return self
 
-    def open(self, isolation: Isolation) -> MemdbHandle:
-        """A database for one test: its own clone (copy), the held session's clone in an
-        outer transaction (rollback), or the run's session clone (session)."""
-        engines: EngineSource
-        save: Save | None = None
-        if isolation == "rollback":
-            shared = self._shared()
-            shared.begin_test()
-            engines, save, database = shared, None, shared.database
-            release: Callable[[], None] = lambda: self._end_rollback(shared)  # noqa: E731
-            restart = lambda: self._restart_rollback(shared)  # noqa: E731
-        elif isolation == "session":
-            movable = self._session_engines()
-            engines, database = movable, movable.database
-            release = lambda: None  # noqa: E731
-            restart = lambda: self._fresh(movable)  # noqa: E731
-        else:
-            movable = self._copy_engines()
-            engines, database = movable, movable.database
-            release = lambda: self._end_copy(movable)  # noqa: E731
-            restart = lambda: self._fresh(movable)  # noqa: E731
-        handle = MemdbHandle(
-            database=database,
-            source=None,
-            isolation=isolation,
-            engines=engines,
-            release=release,
-            save=save,
-            classes=self.classes,
-            sync_makers=self._sync_makers,
-            restart=restart,
-        )
-        self.stats.databases += 1
-        return handle
+    def new_working(self, role: Role) -> PgWorkingDatabase:
+        return PgWorkingDatabase(self.pool, echo=self.echo, stats=self.stats)
 
-    # --- copy and session: a clone under movable engines -------------------------
-
-    def _copy_engines(self) -> MovableEngines:
-        database = self._database(self.pool.take())
-        if self._copy is None:
-            self._copy = MovableEngines(database, echo=self.echo)
-        else:
-            self._copy.move_to(database)
-        return self._copy
-
-    def _end_copy(self, movable: MovableEngines) -> None:
-        """The test's clone is dropped in the background (its leaked connections with it)."""
-        run_sync(movable.aclose())  # NullPool: nothing pooled; disposes the async adapter's
-        self.pool.give_back(movable.database.name)
-
-    def _session_engines(self) -> MovableEngines:
-        if self._session is None:
-            self._session = MovableEngines(self._database(self.pool.take()), echo=self.echo)
-        return self._session
-
-    def _fresh(self, movable: MovableEngines) -> tuple[EngineSource, Save | None]:
-        """``memdb.reset()``: the same database *name* made again from the template (its
-        connections ended, dropped, cloned), so ``memdb.url`` and every engine built from
-        it keep reaching the test's database (moving to another clone left them on the old
-        one: found by the hostile pass). Synchronous: a clone's time, 20-50 ms quiet."""
-        run_sync(movable.aclose())
-        name = movable.database.name
-        with self.cluster.admin.connect() as conn:
-            self.cluster.drop(name, conn=conn)
-            self.cluster.create(name, template=self.template_database.name, conn=conn)
-        self.stats.restored("backup")
-        return movable, None
-
-    # --- rollback: the held session ------------------------------------------------
-
-    def _shared(self) -> _Shared:
-        if self._rollback is None:
-            self._rollback = _Shared(RollbackIsolation(self.pool), self.cluster)
-        return self._rollback
-
-    def _end_rollback(self, shared: _Shared) -> None:
-        escape = shared.end_test()
-        if escape is not None:
-            self.stats.escapes += 1
-            raise IsolationError(ROLLBACK_ESCAPE(how=escape))
-
-    def _restart_rollback(self, shared: _Shared) -> tuple[EngineSource, Save | None]:
-        escape = shared.end_test()
-        shared.begin_test()
-        if escape is not None:
-            self.stats.escapes += 1
-            raise IsolationError(ROLLBACK_ESCAPE(how=escape))
-        return shared, None
+    def carry_over(self, leaked: WorkingDatabase) -> WorkingDatabase:
+        """Never called: a PostgreSQL working database is always free
+        (:meth:`PgWorkingDatabase.is_free`: a leaked connection holds no lock that makes the
+        next test wait)."""
+        raise AssertionError("pytest-memdb: a PostgreSQL session database is never held")
 
     def check_unchanged(self) -> None:
         """Nothing can write the template: it is sealed (``ALLOW_CONNECTIONS false``)."""
 
-    async def aclose(self) -> None:
-        try:
-            for movable in (self._copy, self._session):
-                if movable is not None:
-                    await movable.aclose()
-            if self._rollback is not None:
-                self._rollback.isolation.close()
-        finally:
-            self._copy = self._session = None
-            self._rollback = None
-            self.pool.close()
+    async def close_template(self) -> None:
+        """Drop the clones made ahead and those given back (the template goes with the
+        run's other databases, :meth:`PgBackend.close`)."""
+        self.pool.close()
 
 
 class PgBackend:
     """One run's (one xdist worker's) databases on one PostgreSQL server."""
 
-    def __init__(self, url: str, *, run_id: str, worker: str) -> None:
+    def __init__(self, url: str, settings: MemdbConfig, *, run_id: str, worker: str) -> None:
         safe_worker = "".join(ch if ch.isalnum() else "_" for ch in worker).lower()
+        self.settings = settings
         self.cluster = Cluster(make_url(url), f"memdb_{run_id}_{safe_worker}", run_id)
 
     def template(
         self,
         target: Target,
-        settings: MemdbConfig,
         *,
-        label: str,
         classes: SessionClasses,
         hook: TemplateHook | None,
         stats: MemdbStats,
     ) -> PgTemplate:
         """Build ``target``'s template on the server: the metadata's tables, the load steps
         and the hook, in one transaction, then sealed."""
+        settings = self.settings
         problem = unsupported(target, settings)
         if problem is not None:
             raise MemdbError(problem)
@@ -362,11 +147,12 @@ class PgBackend:
                 seed(conn, target, metadata, base_dir=settings.base_dir, hook=hook)
 
         database = self.cluster.create_template(build)
+        stats.templates_built += 1
         return PgTemplate(
             self.cluster,
             database,
             echo=settings.echo,
-            label=label,
+            label=target.fixture,
             classes=classes,
             stats=stats,
         )

@@ -91,12 +91,29 @@ class WorkingDatabase:
     def shared_if_made(self) -> SharedConnection | None:
         return self._shared
 
+    def database_of(self, engines: object) -> MemoryDatabase:
+        """Every engine of a working database reaches the one database."""
+        return self.database
+
+    def is_free(self) -> bool:
+        """Whether no connection holds a read or a write open on it (an exclusive lock
+        asked for with no waiting: a few microseconds)."""
+        return self.database.is_free()
+
+    def close_leftovers(self) -> None:
+        self.engines.close_leftovers()
+
     def changed(self) -> bool:
         """Whether any connection committed to this database since it was last made equal."""
         return self.database.data_version() != self._version
 
     def make_equal(
-        self, *, after_test: bool = False, force: bool = False, doubt: bool = False
+        self,
+        *,
+        after_test: bool = False,
+        force: bool = False,
+        doubt: bool = False,
+        keep_name: bool = False,
     ) -> bool:
         """Bring the database back to the template's content; False if a leaked lock stops it.
 
@@ -106,7 +123,8 @@ class WorkingDatabase:
         ``force``: restore even if nothing was committed since the last check (a ``session``
         database, whose earlier tests' writes are not counted as changes); ``doubt``: the
         test left its connections in a state that may have written without a commit (counted
-        only where pages are not recorded: the shim sees every write).
+        only where pages are not recorded: the shim sees every write). The database is
+        restored in place: it always keeps its name (``keep_name``, a reset, changes nothing).
 
         Any sign of a write means a restore: a commit (``data_version`` moved), or a page
         the page-recording VFS saw written, committed or not (``journal_mode=OFF`` and a

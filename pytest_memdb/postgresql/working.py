@@ -1,0 +1,271 @@
+"""PostgreSQL's working database: what the backend-free driver
+(:class:`~pytest_memdb.core.template.TemplateBase`) and the isolation strategies
+(:mod:`pytest_memdb.core.isolation`) take turns on, by PostgreSQL's own means.
+
+Imports SQLAlchemy and psycopg: load it lazily. One :class:`PgWorkingDatabase` serves the
+``copy`` and ``rollback`` tests of a template (another one its ``session`` tests), as on
+SQLite; what is under it differs:
+
+* ``copy`` tests get :class:`MovableEngines` on a clone of the template (made ahead in the
+  background by :class:`~pytest_memdb.postgresql.clones.ClonePool`). After a copy test the
+  clone is given back (dropped in the background, ``WITH (FORCE)``: the connections the test
+  leaked go with it) and the next copy test moves the same engine objects to the next
+  clone. There is no cheap, certain way to know that nothing was written (PostgreSQL has no
+  per-database ``data_version``: its statistics counters are flushed lazily), so every
+  copy test gets a new clone;
+* ``rollback`` tests get :class:`SharedSession`: one server session held on a clone of its
+  own, each test in an outer transaction, verified at its end
+  (:mod:`pytest_memdb.postgresql.rollback`); nothing to restore after a test that did not
+  escape; after one that did, the held session moves to a fresh clone;
+* ``memdb.reset()`` (``keep_name``) makes the test's database again under the *same* name
+  (its connections ended, dropped, cloned: 20-50 ms quiet), so ``memdb.url`` and every
+  engine built from it keep reaching it (moving to another clone left them on the old one:
+  found by the hostile pass).
+
+A connection a test leaked never makes the next test wait: it holds no database-wide lock
+(the next copy test is on another clone; rollback's working database takes no other
+connection; a row lock is waited for ``lock_timeout`` at most), so :meth:`is_free` is
+always true.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from pytest_memdb.core._loop import run_sync
+from pytest_memdb.core.isolation import EngineSource
+from pytest_memdb.core.stats import MemdbStats
+from pytest_memdb.errors import MemdbError, MemdbWarning
+from pytest_memdb.postgresql.clones import ClonePool, Cluster
+from pytest_memdb.postgresql.rollback import LOCK_TIMEOUT_S, RollbackIsolation, conninfo
+
+DRIVER_SYNC = "postgresql+psycopg"
+"""The driver of the plugin's engines, sync and async: psycopg's connections do not belong
+to one event loop, and pytest-asyncio gives each test its own (asyncpg's would not outlive
+it; see :mod:`pytest_memdb.postgresql.rollback`)."""
+
+
+@dataclass(frozen=True)
+class PgDatabase:
+    """What a handle shows of a PostgreSQL database: its name and URLs."""
+
+    name: str
+    url: URL
+
+    @property
+    def async_url(self) -> str:
+        """The database's URL for ``create_async_engine`` (psycopg's async driver)."""
+        return self.url.set(drivername=DRIVER_SYNC).render_as_string(hide_password=False)
+
+    @property
+    def sync_url(self) -> str:
+        """The database's URL for ``create_engine``."""
+        return self.url.set(drivername=DRIVER_SYNC).render_as_string(hide_password=False)
+
+
+_LOCK = f"-c lock_timeout={int(LOCK_TIMEOUT_S * 1000)}"
+"""Copy and session engines wait for a row lock as long as rollback's held session does:
+a lock nobody will release (the test's own uncommitted write, a leaked connection's
+``FOR UPDATE``) is then an error, not a hang (PostgreSQL's deadlock detector cannot see a
+holder that is not waiting)."""
+
+
+class MovableEngines:
+    """A sync and an async engine whose connections go to the *current* database: moving
+    them to another clone (:meth:`move_to`) keeps the same engine objects, so every engine,
+    sessionmaker and session handed out stays usable after ``memdb.reset()``."""
+
+    def __init__(self, database: PgDatabase, *, echo: bool) -> None:
+        self.database = database
+        url = database.url.set(drivername=DRIVER_SYNC)
+        self.async_engine: AsyncEngine = create_async_engine(
+            url, async_creator=self._connect_async, poolclass=NullPool, echo=echo
+        )
+        self.sync_engine: Engine = create_engine(
+            url, creator=self._connect_sync, poolclass=NullPool, echo=echo
+        )
+
+    def _connect_sync(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(**conninfo(self.database.url), options=_LOCK, connect_timeout=10)
+
+    async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            **conninfo(self.database.url), options=_LOCK, connect_timeout=10
+        )
+
+    def move_to(self, database: PgDatabase) -> None:
+        """Point the engines at ``database`` (NullPool: nothing pooled to close). Their
+        ``url`` says which (the creators connect; ``memdb_queries`` and reprs read it)."""
+        self.database = database
+        url = database.url.set(drivername=DRIVER_SYNC)
+        self.sync_engine.url = url
+        self.async_engine.sync_engine.url = url
+
+    def close_leftovers(self) -> None:
+        """Nothing pooled (NullPool); a connection a test leaked is ended by the server
+        when its clone is dropped (``DROP DATABASE ... WITH (FORCE)``)."""
+
+    async def aclose(self) -> None:
+        await self.async_engine.dispose()
+        self.sync_engine.dispose()
+
+
+class SharedSession:
+    """Rollback mode's held session, as the handle and the strategies see it."""
+
+    def __init__(self, isolation: RollbackIsolation, cluster: Cluster) -> None:
+        self.isolation = isolation
+        self._cluster = cluster
+
+    @property
+    def async_engine(self) -> AsyncEngine:
+        return self.isolation.async_engine
+
+    @property
+    def sync_engine(self) -> Engine:
+        return self.isolation.sync_engine
+
+    @property
+    def database(self) -> PgDatabase:
+        name = self.isolation.database
+        return PgDatabase(name, self._cluster.url_for(name))
+
+    def begin_test(self) -> None:
+        self.isolation.begin_test()
+
+    def end_test(self) -> str | None:
+        verdict = self.isolation.end_test()
+        left = [*verdict.state]
+        if verdict.others:
+            left.append(f"other sessions on the working database (ended): {verdict.others}")
+        if left and verdict.escape is None:
+            warnings.warn(
+                MemdbWarning(
+                    "pytest-memdb: the test left session state on rollback mode's held "
+                    "PostgreSQL session, cleared before the next test (DISCARD ALL): "
+                    + "; ".join(left)
+                ),
+                stacklevel=2,
+            )
+        return verdict.escape
+
+    def save(self, path: Path) -> Path:
+        raise MemdbError("pytest-memdb: --memdb-keep-failed writes SQLite files only.")
+
+
+class PgWorkingDatabase:
+    """One template's working database on the server (see the module doc)."""
+
+    def __init__(self, pool: ClonePool, *, echo: bool, stats: MemdbStats) -> None:
+        self._pool = pool
+        self._cluster = pool.cluster
+        self._echo = echo
+        self._stats = stats
+        self._engines: MovableEngines | None = None
+        self._current: str | None = None
+        """The clone the copy engines are on; None once given back (the next copy test
+        takes another)."""
+        self._shared: SharedSession | None = None
+        self.last_handed: object = None
+
+    def _database(self, name: str) -> PgDatabase:
+        return PgDatabase(name, self._cluster.url_for(name))
+
+    @property
+    def engines(self) -> MovableEngines:
+        """The copy tests' engines, on a clone of their own (taken on first use)."""
+        if self._current is None:
+            self._current = self._pool.take()
+            if self._engines is None:
+                self._engines = MovableEngines(self._database(self._current), echo=self._echo)
+            else:
+                self._engines.move_to(self._database(self._current))
+        assert self._engines is not None
+        return self._engines
+
+    @property
+    def shared(self) -> SharedSession:
+        """Rollback mode's held session, on a clone of its own (made on first use)."""
+        if self._shared is None:
+            self._shared = SharedSession(RollbackIsolation(self._pool), self._cluster)
+        return self._shared
+
+    @property
+    def shared_if_made(self) -> SharedSession | None:
+        return self._shared
+
+    def database_of(self, engines: EngineSource) -> PgDatabase:
+        """The clone ``engines`` (the copy engines or the held session) reach."""
+        database = getattr(engines, "database", None)
+        assert isinstance(database, PgDatabase)
+        return database
+
+    def is_free(self) -> bool:
+        """Always (see the module doc)."""
+        return True
+
+    def make_equal(
+        self,
+        *,
+        after_test: bool = False,
+        force: bool = False,
+        doubt: bool = False,
+        keep_name: bool = False,
+    ) -> bool:
+        """Before a test: nothing (a copy test takes its clone when it asks for the
+        engines). After a copy test (or with ``force``: a ``session`` database's reset): its
+        clone given back, or with ``keep_name`` (a reset) made again under the same name.
+        After a rollback test: nothing; its end was verified (an escape moved the held
+        session to a fresh clone)."""
+        if not after_test:
+            return True
+        copied = self.last_handed is self._engines
+        if self._engines is None or self._current is None or not (copied or force):
+            self._stats.restores_none += 1
+            return True
+        run_sync(self._engines.aclose())  # NullPool: nothing pooled; the async adapter's
+        if keep_name:
+            with self._cluster.admin.connect() as conn:
+                self._cluster.drop(self._current, conn=conn)
+                self._cluster.create(self._current, template=self._pool.template.name, conn=conn)
+        else:
+            self._pool.give_back(self._current)
+            self._current = None
+        self._stats.restored("clone")
+        return True
+
+    def close_leftovers(self) -> None:
+        if self._engines is not None:
+            self._engines.close_leftovers()
+
+    def needs_settling(self, source: object) -> bool:
+        """Never: the copy engines pool nothing (each test connects anew), and the held
+        session's state is checked and cleared by its own end (``DISCARD ALL``)."""
+        return False
+
+    def settle_if_needed(
+        self, source: object, *, keep_engines: bool = False, needed: bool | None = None
+    ) -> None:
+        self.last_handed = source
+
+    async def aclose(self) -> None:
+        """Close the engines and the held session; their clones are dropped."""
+        try:
+            if self._engines is not None:
+                await self._engines.aclose()
+            if self._current is not None:
+                self._pool.give_back(self._current)
+                self._current = None
+        finally:
+            shared, self._shared = self._shared, None
+            if shared is not None:
+                shared.isolation.close()
