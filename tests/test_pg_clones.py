@@ -235,3 +235,29 @@ def test_a_failed_background_clone_is_raised_by_the_next_take(cluster) -> None:
             pool.take(timeout_s=30)
     finally:
         pool.close()
+
+
+def test_renew_puts_a_fresh_clone_under_the_same_name_and_ends_its_sessions(pg, cluster) -> None:
+    """``memdb.reset()`` in copy mode: the test's database name is the template's content
+    again; a connection left on the old one is ended; the old one is dropped (given back),
+    and the run still knows every database it made (the cluster drops them all at close)."""
+    template = cluster.create_template(_seed)
+    pool = ClonePool(cluster, template)
+    try:
+        name = pool.take()
+        left_open = pg.connect(name, autocommit=True)
+        left_open.execute("INSERT INTO item (name) VALUES ('written')")
+        assert _names(pg, name) == ["seeded", "written"]
+
+        pool.renew(name)
+
+        assert _names(pg, name) == ["seeded"]
+        with pytest.raises(psycopg.OperationalError):
+            left_open.execute("SELECT 1")
+        left_open.close()
+        pool.close()  # drops what was given back: the old database
+        assert sorted(cluster.made) == sorted([template.name, name])
+        assert set(_databases(pg)) & {*cluster.made} == {template.name, name}
+        assert not [db for db in _databases(pg) if db.startswith(f"{cluster.prefix}_old")]
+    finally:
+        pool.close()

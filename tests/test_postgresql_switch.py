@@ -122,6 +122,45 @@ def test_every_test_starts_from_the_template(
         assert line.endswith(f", {clones} clones") if clones else "clones" not in line, line
 
 
+HYPOTHESIS = """
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from sqlalchemy import text
+
+    NAMES = st.text(st.characters(blacklist_characters="\\x00"), min_size=1, max_size=20)
+
+
+    @settings(
+        max_examples=8,
+        deadline=None,  # each example's reset is a clone in copy mode on PostgreSQL
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+        database=None,
+    )
+    @given(name=NAMES)
+    async def test_each_example_starts_from_the_template(memdb, memdb_session, name):
+        await memdb.areset()
+        rows = await memdb_session.execute(text("SELECT name FROM app_user ORDER BY id"))
+        assert rows.scalars().all() == ["ada", "grace"]
+        await memdb_session.execute(
+            text("INSERT INTO app_user (id, name) VALUES (3, :name)"), {"name": name}
+        )
+        await memdb_session.commit()
+"""
+
+
+@pytest.mark.parametrize("mode", ["copy", "rollback"])
+def test_reset_per_hypothesis_example(
+    pytester: pytest.Pytester, switch: list[str], mode: str
+) -> None:
+    """``memdb.areset()`` at the start of every example: each sees the template's rows only,
+    whatever the examples before it committed (the same id inserted by each)."""
+    _isolation_project(pytester, mode)
+    (pytester.path / "test_isolation.py").unlink()
+    pytester.makepyfile(test_examples=HYPOTHESIS)
+    result = pytester.runpytest_subprocess(*switch, timeout=300)
+    result.assert_outcomes(passed=1)
+
+
 ESCAPE = """
     import pytest
     from sqlalchemy import text

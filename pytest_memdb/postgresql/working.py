@@ -18,7 +18,8 @@ SQLite; what is under it differs:
   (:mod:`pytest_memdb.postgresql.rollback`); nothing to restore after a test that did not
   escape; after one that did, the held session moves to a fresh clone;
 * ``memdb.reset()`` (``keep_name``) makes the test's database again under the *same* name
-  (its connections ended, dropped, cloned: 20-50 ms quiet), so ``memdb.url`` and every
+  (its connections ended, a clone made ahead renamed into its place:
+  :meth:`~pytest_memdb.postgresql.clones.ClonePool.renew`), so ``memdb.url`` and every
   engine built from it keep reaching it (moving to another clone left them on the old one:
   found by the hostile pass).
 
@@ -234,9 +235,7 @@ class PgWorkingDatabase:
             return True
         run_sync(self._engines.aclose())  # NullPool: nothing pooled; the async adapter's
         if keep_name:
-            with self._cluster.admin.connect() as conn:
-                self._cluster.drop(self._current, conn=conn)
-                self._cluster.create(self._current, template=self._pool.template.name, conn=conn)
+            self._pool.renew(self._current)
         else:
             self._pool.give_back(self._current)
             self._current = None
