@@ -436,8 +436,9 @@ class ClonePool:
         background. Its sessions are ended first. Should one come back in between (a thread
         a test left running), the old one is dropped there and then (``WITH (FORCE)``).
 
-        Two renames, 2-5 ms, instead of a synchronous drop and clone (8-28 ms and 19-49 ms
-        on a quiet machine, ``benchmarks/bench_pg_core.py``), when a clone is ready."""
+        Measured with a clone ready (``benchmarks/bench_pg_reset.py``, load 3): 16-19 ms,
+        against 170-407 ms for the synchronous drop and clone it replaced. Without one ready
+        it waits for the clone being made, as a copy test's start does."""
         fresh = self.take(timeout_s=timeout_s)
         aside = self.cluster.new_name("old")
         with self.cluster.admin.connect() as conn:
