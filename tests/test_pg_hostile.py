@@ -213,6 +213,8 @@ def test_a_write_waiting_on_a_row_lock_nobody_releases_does_not_hang(
     result = _run(pytester, pg_url, timeout=HANG_BOUND)
     outcomes = result.parseoutcomes()
     assert sum(outcomes.get(key, 0) for key in ("passed", "failed", "errors")) >= count
+    if outcomes.get("failed"):  # the wait is named with who holds the lock, as in rollback
+        result.stdout.fnmatch_lines(["*waited 10 s (lock_timeout)*holding locks there: pid *"])
 
 
 KEEP_FAILED = """

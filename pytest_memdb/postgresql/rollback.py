@@ -156,6 +156,22 @@ class LockWaitTimeout(exc.OperationalError):
     waited: float = 0.0
 
 
+def lock_wait_error(context: Any, url: URL, me: int, waited: float) -> LockWaitTimeout:
+    """``context``'s lock timeout as a :class:`LockWaitTimeout` naming the sessions holding
+    locks on the database, asked on a connection of its own (the waiting one is in an
+    aborted transaction); ``me``: the waiting session's pid."""
+    holders = ""
+    with contextlib.suppress(psycopg.Error):
+        info = {**conninfo(url), "connect_timeout": 5}
+        with psycopg.connect(**info, options="-c statement_timeout=5000") as probe:
+            rows = probe.execute(_OTHERS.format(me=int(me))).fetchall()
+            holders = "; ".join(description for _, description in rows)
+    error = LockWaitTimeout(context.statement, context.parameters, context.original_exception)
+    error.holders = holders
+    error.waited = waited
+    return error
+
+
 @dataclass
 class Verdict:
     """How a test left the held session."""
@@ -603,19 +619,7 @@ class HeldSession:
             run(command)
 
     def _lock_wait_error(self, context: Any) -> LockWaitTimeout:
-        """Name the sessions holding locks, asked on a connection of its own (the held one
-        is in an aborted transaction)."""
-        holders = ""
-        with contextlib.suppress(psycopg.Error):
-            info = {**conninfo(self.url), "connect_timeout": 5}
-            with psycopg.connect(**info, options="-c statement_timeout=5000") as probe:
-                me = self.raw.info.backend_pid
-                rows = probe.execute(_OTHERS.format(me=me)).fetchall()
-                holders = "; ".join(description for _, description in rows)
-        error = LockWaitTimeout(context.statement, context.parameters, context.original_exception)
-        error.holders = holders
-        error.waited = self.lock_timeout_s
-        return error
+        return lock_wait_error(context, self.url, self.raw.info.backend_pid, self.lock_timeout_s)
 
     def _check_outer(self, statement: str, run: Callable[[str], None]) -> None:
         """After a statement: if the test's SQL ended the outer transaction, record it and

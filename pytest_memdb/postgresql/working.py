@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -47,7 +47,12 @@ from pytest_memdb.core.isolation import EngineSource
 from pytest_memdb.core.stats import MemdbStats
 from pytest_memdb.errors import MemdbError, MemdbWarning
 from pytest_memdb.postgresql.clones import ClonePool, Cluster
-from pytest_memdb.postgresql.rollback import LOCK_TIMEOUT_S, RollbackIsolation, conninfo
+from pytest_memdb.postgresql.rollback import (
+    LOCK_TIMEOUT_S,
+    RollbackIsolation,
+    conninfo,
+    lock_wait_error,
+)
 
 DRIVER_SYNC = "postgresql+psycopg"
 """The driver of the plugin's engines, sync and async: psycopg's connections do not belong
@@ -94,6 +99,23 @@ class MovableEngines:
         self.sync_engine: Engine = create_engine(
             url, creator=self._connect_sync, poolclass=NullPool, echo=echo
         )
+        for engine in (self.sync_engine, self.async_engine.sync_engine):
+            event.listen(engine, "handle_error", self._name_lock_holders)
+
+    def _name_lock_holders(self, context: Any) -> Exception | None:
+        """A lock wait that reached ``lock_timeout`` names the sessions holding locks on the
+        database (rollback's held session does the same), not only PostgreSQL's "canceling
+        statement due to lock timeout"."""
+        if not isinstance(context.original_exception, psycopg.errors.LockNotAvailable):
+            return None
+        driver = getattr(context.connection, "connection", None)
+        raw = getattr(driver, "driver_connection", None)
+        me = (
+            raw.info.backend_pid
+            if isinstance(raw, psycopg.Connection | psycopg.AsyncConnection)
+            else 0
+        )
+        return lock_wait_error(context, self.database.url, me, LOCK_TIMEOUT_S)
 
     def _connect_sync(self) -> psycopg.Connection[Any]:
         return psycopg.connect(**conninfo(self.database.url), options=_LOCK, connect_timeout=10)
