@@ -122,6 +122,52 @@ def test_every_test_starts_from_the_template(
         assert line.endswith(f", {clones} clones") if clones else "clones" not in line, line
 
 
+SESSION = """
+    from sqlalchemy import text
+
+    COUNT = text("SELECT count(*) FROM app_user")
+
+
+    async def test_1_writes(memdb_session):
+        await memdb_session.execute(text("INSERT INTO app_user (id, name) VALUES (10, 'a')"))
+        await memdb_session.commit()
+
+
+    async def test_2_sees_it_and_writes_through_two_sessions(memdb, memdb_session):
+        assert (await memdb_session.execute(COUNT)).scalar_one() == 3
+        async with memdb.session() as other:
+            await other.execute(text("INSERT INTO app_user (id, name) VALUES (11, 'b')"))
+            await other.commit()
+        assert (await memdb_session.execute(COUNT)).scalar_one() == 4
+
+
+    def test_3_sync_sees_both(memdb_sync_session):
+        assert memdb_sync_session.execute(COUNT).scalar_one() == 4
+
+
+    async def test_4_reset_brings_the_template_back(memdb, memdb_session):
+        await memdb.areset()
+        assert (await memdb_session.execute(COUNT)).scalar_one() == 2
+
+
+    async def test_5_after_the_reset(memdb_session):
+        assert (await memdb_session.execute(COUNT)).scalar_one() == 2
+"""
+
+
+def test_session_mode_keeps_what_earlier_tests_wrote(
+    pytester: pytest.Pytester, switch: list[str]
+) -> None:
+    """``session``: one database for the run, never restored but by ``memdb.reset()``;
+    async tests (each in its own event loop) and sync ones share it, and the pooled
+    connections of one test's loop serve the next."""
+    _isolation_project(pytester, "session")
+    (pytester.path / "test_isolation.py").unlink()
+    pytester.makepyfile(test_session=SESSION)
+    result = pytester.runpytest_subprocess(*switch, "-p", "no:randomly", timeout=300)
+    result.assert_outcomes(passed=5)
+
+
 HYPOTHESIS = """
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st

@@ -349,7 +349,7 @@ class HeldSession:
         )
         self._listen(self.sync_engine, self._run_sync, "sync")
         self._listen(self.async_engine.sync_engine, self._run_async, "async")
-        event.listen(self.async_engine.sync_engine, "checkout", _unbind_locks)
+        event.listen(self.async_engine.sync_engine, "checkout", unbind_locks)
         self._prime()
 
     def _open(self) -> psycopg.Connection[Any]:
@@ -634,7 +634,7 @@ class HeldSession:
         self._open_outer(run)
 
 
-def _unbind_locks(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+def unbind_locks(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     """Give the adapter and the psycopg connection new ``asyncio.Lock`` s when theirs are
     bound to another (an earlier test's) event loop; only idle ones."""
     try:

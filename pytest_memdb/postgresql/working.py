@@ -40,7 +40,6 @@ import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.isolation import EngineSource
@@ -52,6 +51,7 @@ from pytest_memdb.postgresql.rollback import (
     RollbackIsolation,
     conninfo,
     lock_wait_error,
+    unbind_locks,
 )
 
 DRIVER_SYNC = "postgresql+psycopg"
@@ -88,19 +88,29 @@ holder that is not waiting)."""
 class MovableEngines:
     """A sync and an async engine whose connections go to the *current* database: moving
     them to another clone (:meth:`move_to`) keeps the same engine objects, so every engine,
-    sessionmaker and session handed out stays usable after ``memdb.reset()``."""
+    sessionmaker and session handed out stays usable after ``memdb.reset()``.
+
+    Their connections are pooled (SQLAlchemy's default pools) until the database is given
+    back or made again, when :meth:`aclose` closes them: a test that opens several sessions
+    (a FastAPI test's requests), and every ``session`` test after the first, reuse them
+    instead of connecting again (a connection costs 3-5 ms here; session mode went from
+    40 ms a test with a connection per checkout to the figure in performance.md). Async ones
+    made in an earlier test's event loop get new ``asyncio`` locks at checkout
+    (:func:`~pytest_memdb.postgresql.rollback.unbind_locks`)."""
 
     def __init__(self, database: PgDatabase, *, echo: bool) -> None:
         self.database = database
         url = database.url.set(drivername=DRIVER_SYNC)
+        # no cap (max_overflow=-1): connections a test leaks must not make a later one wait
         self.async_engine: AsyncEngine = create_async_engine(
-            url, async_creator=self._connect_async, poolclass=NullPool, echo=echo
+            url, async_creator=self._connect_async, max_overflow=-1, echo=echo
         )
         self.sync_engine: Engine = create_engine(
-            url, creator=self._connect_sync, poolclass=NullPool, echo=echo
+            url, creator=self._connect_sync, max_overflow=-1, echo=echo
         )
         for engine in (self.sync_engine, self.async_engine.sync_engine):
             event.listen(engine, "handle_error", self._name_lock_holders)
+        event.listen(self.async_engine.sync_engine, "checkout", unbind_locks)
 
     def _name_lock_holders(self, context: Any) -> Exception | None:
         """A lock wait that reached ``lock_timeout`` names the sessions holding locks on the
@@ -126,18 +136,22 @@ class MovableEngines:
         )
 
     def move_to(self, database: PgDatabase) -> None:
-        """Point the engines at ``database`` (NullPool: nothing pooled to close). Their
-        ``url`` says which (the creators connect; ``memdb_queries`` and reprs read it)."""
+        """Point the engines at ``database`` (closed by :meth:`aclose` before: nothing
+        pooled reaches the old one). Their ``url`` says which (the creators connect;
+        ``memdb_queries`` and reprs read it)."""
         self.database = database
         url = database.url.set(drivername=DRIVER_SYNC)
         self.sync_engine.url = url
         self.async_engine.sync_engine.url = url
 
     def close_leftovers(self) -> None:
-        """Nothing pooled (NullPool); a connection a test leaked is ended by the server
-        when its clone is dropped (``DROP DATABASE ... WITH (FORCE)``)."""
+        """Nothing to do: what the pools hold is closed by :meth:`aclose` when the database
+        is given back or made again; a connection a test leaked (checked out, never
+        returned) is ended by the server when its clone is dropped or renewed."""
 
     async def aclose(self) -> None:
+        """Close every pooled connection (the checked-out ones a test leaked are left to the
+        server: see :meth:`close_leftovers`)."""
         await self.async_engine.dispose()
         self.sync_engine.dispose()
 
