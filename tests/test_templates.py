@@ -253,6 +253,19 @@ def test_a_bad_metadata_path_errors_the_tests_that_use_it(
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
 
 
+def test_an_option_given_with_dash_o_is_named_as_such(pytester: pytest.Pytester) -> None:
+    """``-o memdb_metadata=...`` on the command line overrides the ini file's line: an error
+    in it names ``-o memdb_metadata``, not the ini file (where the user would look in vain)."""
+    _project(pytester, memdb_metadata="models:Base")
+    pytester.makepyfile("def test_uses_db(memdb):\n    pass\n")
+
+    result = pytester.runpytest("-p", "no:cacheprovider", "-o", "memdb_metadata=nosuch:Base")
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["pytest-memdb: -o memdb_metadata 'nosuch:Base': importing*"])
+    result.stdout.no_fnmatch_line("*memdb_metadata in pytest.ini*")
+
+
 def test_a_module_that_raises_on_import_is_reported_with_its_error(
     pytester: pytest.Pytester,
 ) -> None:

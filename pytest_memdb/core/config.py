@@ -168,6 +168,10 @@ class MemdbConfig:
     def _read(cls, config: pytest.Config) -> MemdbConfig:
         base_dir = config.inipath.parent if config.inipath else config.rootpath
         ini_name = config.inipath.name if config.inipath else "the ini file"
+
+        def where(name: str) -> str:
+            return _where(config, name, ini_name)
+
         check_ini_keys(_unknown_ini_keys(config), ini_name)
         cwd = config.invocation_params.dir
         cli_file = config.getoption("memdb_file")
@@ -176,7 +180,7 @@ class MemdbConfig:
         if cli_file:
             file, origin = _resolve(cli_file, cwd, "--memdb-file"), "--memdb-file"
         elif ini_file:
-            origin = f"memdb_file in {ini_name}"
+            origin = where("memdb_file")
             file = _resolve(ini_file, base_dir, origin)
         else:
             file, origin = None, ""
@@ -187,36 +191,34 @@ class MemdbConfig:
             metadata = check_dotted(cli_metadata, "--memdb-metadata")
             metadata_origin = "--memdb-metadata"
         elif ini_metadata:
-            metadata_origin = f"memdb_metadata in {ini_name}"
+            metadata_origin = where("memdb_metadata")
             metadata = check_dotted(ini_metadata, metadata_origin)
         else:
             metadata, metadata_origin = None, ""
-        load = parse_load(config.getini("memdb_load"), f"memdb_load in {ini_name}", base_dir)
+        load = parse_load(config.getini("memdb_load"), where("memdb_load"), base_dir)
         cli_isolation = config.getoption("memdb_isolation")
         isolation_origin = "--memdb-isolation" if cli_isolation else "memdb_isolation"
         raw_isolation = cli_isolation or str(config.getini("memdb_isolation") or "").strip()
         isolation = parse_isolation(raw_isolation or DEFAULT_ISOLATION, isolation_origin)
         echo = bool(config.getoption("memdb_echo")) or _ini_bool(config, "memdb_echo", ini_name)
-        pragmas = parse_pragmas(config.getini("memdb_pragmas"), f"memdb_pragmas in {ini_name}")
+        pragmas = parse_pragmas(config.getini("memdb_pragmas"), where("memdb_pragmas"))
         keep = config.getoption("memdb_keep_failed")
         keep_failed = _resolve(keep, cwd, "--memdb-keep-failed") if keep else None
         raw_alembic = str(config.getini("memdb_alembic") or "").strip()
-        alembic_origin = f"memdb_alembic in {ini_name}"
+        alembic_origin = where("memdb_alembic")
         alembic = _resolve(raw_alembic, base_dir, alembic_origin) if raw_alembic else None
         revision = str(config.getini("memdb_alembic_revision") or "").strip() or "head"
-        bind_origin = f"memdb_bind in {ini_name}"
+        bind_origin = where("memdb_bind")
         bind = parse_bind(config.getini("memdb_bind"), bind_origin)
         session_class = _optional_dotted(config, "memdb_session_class", ini_name)
         sync_session_class = _optional_dotted(config, "memdb_sync_session_class", ini_name)
-        factories_origin = f"memdb_factories in {ini_name}"
+        factories_origin = where("memdb_factories")
         factories = parse_factories(config.getini("memdb_factories"), factories_origin)
-        takeover_origin = f"memdb_takeover in {ini_name}"
+        takeover_origin = where("memdb_takeover")
         takeover = parse_takeover(config.getini("memdb_takeover"), takeover_origin)
         cli_postgresql = config.getoption("memdb_postgresql")
         ini_postgresql = str(config.getini("memdb_postgresql") or "").strip()
-        postgresql_origin = (
-            "--memdb-postgresql" if cli_postgresql else (f"memdb_postgresql in {ini_name}")
-        )
+        postgresql_origin = "--memdb-postgresql" if cli_postgresql else (where("memdb_postgresql"))
         postgresql = parse_postgresql(cli_postgresql or ini_postgresql, postgresql_origin)
         if postgresql is not None:
             sqlite_only = [
@@ -259,7 +261,7 @@ class MemdbConfig:
             factories_origin=factories_origin,
             restore=parse_restore(
                 str(config.getini("memdb_restore") or "").strip() or "auto",
-                f"memdb_restore in {ini_name}",
+                where("memdb_restore"),
             ),
             postgresql=postgresql,
             postgresql_origin=postgresql_origin if postgresql else "",
@@ -478,7 +480,16 @@ def _ini_bool(config: pytest.Config, name: str, ini_name: str) -> bool:
 
 def _optional_dotted(config: pytest.Config, name: str, ini_name: str) -> str | None:
     raw = str(config.getini(name) or "").strip()
-    return check_dotted(raw, f"{name} in {ini_name}") if raw else None
+    return check_dotted(raw, _where(config, name, ini_name)) if raw else None
+
+
+def _where(config: pytest.Config, name: str, ini_name: str) -> str:
+    """Where ini option ``name``'s value comes from, as errors name it: the command line's
+    ``-o name=...`` (pytest's override) when it was given there, else the ini file."""
+    for item in config.getoption("override_ini", None) or ():
+        if str(item).split("=", 1)[0].strip() == name:
+            return f"-o {name}"
+    return f"{name} in {ini_name}"
 
 
 def _unknown_ini_keys(config: pytest.Config) -> Iterable[str]:
