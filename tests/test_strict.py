@@ -68,6 +68,7 @@ def test_strict_mode_fails_tests_that_open_another_sqlite_database(
         ]
     )
     result.stdout.fnmatch_lines(["*opened the SQLite database ':memory:'*"])
+    result.stdout.fnmatch_lines(["memdb: file=*, strict=on (memdb_strict)"])  # the header
 
 
 def test_without_strict_nothing_is_checked(pytester: pytest.Pytester) -> None:
@@ -83,7 +84,9 @@ def test_without_strict_nothing_is_checked(pytester: pytest.Pytester) -> None:
             assert (tmp_path / "real.db").exists()
         """
     )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*strict=on*")
 
 
 def test_strict_mode_lets_the_plugin_build_its_template_from_migrations(

@@ -15,9 +15,13 @@ def sources(settings: MemdbConfig) -> str:
         sources.append(f"alembic={settings.alembic} ({settings.alembic_revision})")
     if settings.load:
         sources.append(f"{len(settings.load)} load step(s)")
+    strict = ", strict=on (memdb_strict)" if settings.strict else ""
     if not sources:
-        return ""
-    return f"memdb: {', '.join(sources)}, isolation={settings.isolation}, {restore_line(settings)}"
+        return "memdb: strict=on (memdb_strict)" if settings.strict else ""
+    return (
+        f"memdb: {', '.join(sources)}, isolation={settings.isolation}, "
+        f"{restore_line(settings)}{strict}"
+    )
 
 
 def restore_line(settings: MemdbConfig) -> str:
