@@ -48,7 +48,7 @@ from pytest_memdb.core.importing import import_metadata
 from pytest_memdb.core.isolation import EngineSource, Save
 from pytest_memdb.core.janitor import MemdbHandle
 from pytest_memdb.core.stats import MemdbStats
-from pytest_memdb.core.templates import TemplateHook, seed
+from pytest_memdb.core.templates import TemplateHook
 from pytest_memdb.errors import IsolationError, MemdbError, MemdbWarning
 from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers
 from pytest_memdb.messages import ROLLBACK_ESCAPE
@@ -63,22 +63,11 @@ it; see :mod:`pytest_memdb.postgresql.rollback`)."""
 
 
 def unsupported(target: Target, settings: MemdbConfig) -> str | None:
-    """Why ``target`` cannot be built on PostgreSQL yet, or None."""
-    where = settings.postgresql_origin
-    if target.file is not None:
-        return (
-            f"pytest-memdb: {target.file_origin} is a SQLite file, and {where} runs the "
-            "databases on PostgreSQL: give the template's data as a .sql dump (pg_dump "
-            "--inserts, or plain INSERTs) in memdb_load, with the tables from memdb_metadata "
-            "or the dump."
-        )
-    if target.alembic is not None:
-        return (
-            f"pytest-memdb: {target.alembic_origin}: Alembic migrations are not run on "
-            f"PostgreSQL yet ({where}); build the template from memdb_metadata and "
-            "memdb_load, or leave the switch off for this run."
-        )
-    return None
+    """Why ``target`` cannot be built on PostgreSQL, or None (the sources themselves are
+    :mod:`pytest_memdb.postgresql.sources`')."""
+    from pytest_memdb.postgresql.sources import unsupported as sources_unsupported
+
+    return sources_unsupported(target)
 
 
 @dataclass(frozen=True)
@@ -346,8 +335,12 @@ class PgBackend:
         hook: TemplateHook | None,
         stats: MemdbStats,
     ) -> PgTemplate:
-        """Build ``target``'s template on the server: the metadata's tables, the load steps
-        and the hook, in one transaction, then sealed."""
+        """Build ``target``'s template on the server from its sources
+        (:func:`pytest_memdb.postgresql.sources.build`: a ``.sql`` dump or a SQLite file's
+        rows, the migrations, then the metadata's tables, the load steps and the hook in
+        one transaction), then sealed."""
+        from pytest_memdb.postgresql import sources
+
         problem = unsupported(target, settings)
         if problem is not None:
             raise MemdbError(problem)
@@ -358,8 +351,7 @@ class PgBackend:
         )
 
         def build(engine: Engine) -> None:
-            with engine.begin() as conn:
-                seed(conn, target, metadata, base_dir=settings.base_dir, hook=hook)
+            sources.build(engine, target, metadata, base_dir=settings.base_dir, hook=hook)
 
         database = self.cluster.create_template(build)
         return PgTemplate(
