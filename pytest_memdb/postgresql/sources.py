@@ -166,7 +166,8 @@ class PgBuild:
 
 # --- a .sql dump ----------------------------------------------------------------------
 
-_META = re.compile(r"^[ \t]*\\([A-Za-z!?]*)", re.M)
+_META = re.compile(r"^[ \t]*\\([A-Za-z!?]*)[^\n]*", re.M)
+_SAFE_TO_DROP = ("restrict", "unrestrict")
 _COPY_STDIN = re.compile(r"^[ \t]*COPY\b[^;]*?\bFROM\s+stdin\b", re.I | re.M)
 
 
@@ -179,20 +180,27 @@ def run_dump(url: URL, path: Path, origin: str) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         problem = exc.strerror if isinstance(exc, OSError) else f"it is not UTF-8 text ({exc})"
         raise MemdbError(SEEDING_FAILED(step=f"while reading {where}", error=problem)) from None
-    meta = _META.search(script)
-    if meta is not None and meta.group(1) in ("c", "connect"):
+    metas = list(_META.finditer(script))
+    connect = next((m for m in metas if m.group(1) in ("c", "connect")), None)
+    if connect is not None:
         raise MemdbError(
-            f"pytest-memdb: {where}: line {_line(script, meta.start())} switches to another "
-            f"database ({meta.group(0).strip()}): the dump must fill the template database "
-            "pytest-memdb runs it in. Dump without --create (pg_dump's -C), or delete the "
-            "CREATE DATABASE and \\connect lines."
+            f"pytest-memdb: {where}: line {_line(script, connect.start())} switches to "
+            f"another database ({connect.group(0).strip()}): the dump must fill the template "
+            "database pytest-memdb runs it in. Dump without --create (pg_dump's -C), or "
+            "delete the CREATE DATABASE and \\connect lines."
         )
+    for_psql = [m for m in metas if m.group(1) not in _SAFE_TO_DROP]
     copy = _COPY_STDIN.search(script)
-    if meta is None and copy is None:
-        _run_with_psycopg(url, script, where)
+    if copy is not None:
+        for_psql.insert(0, copy)
+    if not for_psql:
+        # pg_dump's \restrict and \unrestrict (15.14+) only stop psql from running
+        # meta-commands hidden in the data; psycopg runs none: the lines go (kept empty,
+        # so PostgreSQL's line numbers stay the file's).
+        _run_with_psycopg(url, _META.sub("", script), where)
         return
-    shown = (meta or copy).group(0).strip()  # type: ignore[union-attr]
-    line = _line(script, (meta or copy).start())  # type: ignore[union-attr]
+    first = min(for_psql, key=lambda m: m.start())
+    shown, line = first.group(0).strip(), _line(script, first.start())
     psql = _find_psql()
     if psql is None:
         raise MemdbError(
