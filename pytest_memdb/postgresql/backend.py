@@ -20,10 +20,14 @@ sessionmakers and sessions; the modes, by PostgreSQL's own means:
   :class:`~pytest_memdb.errors.MemdbWarning`;
 * ``session``: one clone for every ``session`` test of the run, never restored.
 
-Not on PostgreSQL yet (each a clear error when asked for): a SQLite fixture file as the
-source (give a ``.sql`` dump in ``memdb_load``), Alembic migrations, layers;
-``--memdb-keep-failed`` and ``memdb_takeover`` stop the run at start-up
-(:mod:`pytest_memdb.core.config`)."""
+The template comes from the sources SQLite's does (:mod:`pytest_memdb.postgresql.sources`):
+``memdb_file`` as a ``.sql`` dump (run through psycopg, or psql for its meta-commands) or
+as a SQLite file whose rows are copied into PostgreSQL's tables, Alembic migrations on the
+template database itself, then the models' tables, the load steps and the hook. A SQLite
+file together with migrations is refused (:func:`unsupported`).
+
+Not on PostgreSQL yet (each a clear error when asked for): layers; ``--memdb-keep-failed``
+and ``memdb_takeover`` stop the run at start-up (:mod:`pytest_memdb.core.config`)."""
 
 from __future__ import annotations
 

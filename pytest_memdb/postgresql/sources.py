@@ -30,6 +30,7 @@ In the order SQLite builds its template (:func:`pytest_memdb.core.templates.buil
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sqlite3
@@ -248,6 +249,10 @@ def _find_psql() -> Path | None:
 
 def _run_with_psql(psql: Path, url: URL, path: Path, where: str) -> None:
     info = {**conninfo(url), "application_name": APPLICATION, "connect_timeout": 10}
+    env = dict(os.environ)
+    password = info.pop("password", None)
+    if password is not None:  # not on the command line, where ps shows it
+        env["PGPASSWORD"] = str(password)
     command = [
         str(psql),
         "--no-psqlrc",
@@ -262,6 +267,7 @@ def _run_with_psql(psql: Path, url: URL, path: Path, where: str) -> None:
         result = subprocess.run(
             command,
             stdin=subprocess.DEVNULL,
+            env=env,
             capture_output=True,
             text=True,
             timeout=PSQL_TIMEOUT_S,
