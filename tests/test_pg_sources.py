@@ -296,6 +296,7 @@ def test_the_files_rows_on_postgresql(memdb_sync_session, n):
     assert (ada.id, ada.born, ada.active) == (3, datetime.datetime(1815, 12, 10), True)
     assert ada.tags == ["math"]
     assert q(s, "SELECT active FROM author WHERE id = 7") is False
+    assert q(s, "SELECT tags IS NULL FROM author WHERE id = 7") is True  # not JSON null
     born = q(s, "SELECT pg_typeof(born)::text FROM author WHERE id = 3")
     assert born == "timestamp without time zone"
     assert q(s, "SELECT title FROM book WHERE author_id = 7") == "notes"
@@ -366,8 +367,10 @@ def test_without_models_the_files_tables_are_reflected(
         ),
         (
             20,
-            "INSERT INTO book VALUES (2, 99, 'orphan');",
-            "*PostgreSQL refused row 2 of table 'book' {'id': 2, 'author_id': 99, *"
+            # 3,000 rows, one of them dangling: the row is found in the batch, and named
+            "WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
+            "INSERT INTO book SELECT i, CASE i WHEN 2501 THEN 99 ELSE 3 END, 'b' FROM n;",
+            "*PostgreSQL refused row 2501 of table 'book' {'id': 2501, 'author_id': 99, *"
             'ForeignKeyViolation: insert or update on table "book" violates foreign key*',
         ),
     ],

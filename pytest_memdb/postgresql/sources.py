@@ -19,9 +19,11 @@ In the order SQLite builds its template (:func:`pytest_memdb.core.templates.buil
      transaction: the tables are the models' (``memdb_metadata``), and the file's own,
      reflected by SQLAlchemy with generic types, for tables the models do not have
      (every table when there are no models); the rows go table by table in foreign-key
-     order through SQLAlchemy, read with the models' types; integer sequences are then
-     set past the largest id. The file is read into memory first, read-only and left
-     byte-identical (:func:`~pytest_memdb.sqlite.loading.load_file`).
+     order, read through SQLAlchemy with the models' types and written by ``COPY`` with
+     their bind processing (:func:`_copy_rows`), a refused row found by halving its
+     batch; integer sequences are then set past the largest id. The file is read into
+     memory first, read-only and left byte-identical
+     (:func:`~pytest_memdb.sqlite.loading.load_file`).
 
 2. the Alembic migrations (:class:`PgMigrationSite`) run on the template database itself,
    by URL: it is an ordinary database until it is sealed;
@@ -61,7 +63,7 @@ from pytest_memdb.sqlite.memory import unique_name
 
 PSQL_TIMEOUT_S = 600.0
 """The bound on one dump's run through ``psql``."""
-_ROWS_PER_BATCH = 1000
+_ROWS_PER_BATCH = 10000
 _SHOWN = 200
 
 
@@ -446,32 +448,65 @@ def _copy_table(
 def _insert(
     conn: Connection, table: Table, batch: list[dict[str, Any]], before: int, where: str
 ) -> None:
+    """Copy ``batch`` (rows ``before + 1`` on of the table) in a savepoint; refused, halve
+    it until the one row PostgreSQL refuses is found (14 halvings for a whole batch), and
+    name it."""
     try:
         with conn.begin_nested():
-            conn.execute(table.insert(), batch)
+            _copy_rows(conn, table, batch)
         return
-    except Exception:  # find the row: one by one, each in a savepoint of its own
-        pass
-    for offset, row in enumerate(batch, before + 1):
-        try:
-            with conn.begin_nested():
-                conn.execute(table.insert(), [row])
-        except Exception as exc:
-            error = getattr(exc, "orig", None) or exc
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            values = repr(row)
-            if len(values) > _SHOWN:
-                values = values[:_SHOWN] + "...}"
-            raise MemdbError(
-                f"pytest-memdb: {where}: PostgreSQL refused row {offset} of table "
-                f"{table.name!r} {values}: {type(error).__name__}: {first}. Fix the row in "
-                "the file, or the models' constraint (SQLite does not check a VARCHAR's "
-                "length, and checks foreign keys only with foreign_keys=ON)."
+    except Exception as exc:
+        if len(batch) > 1:
+            middle = len(batch) // 2
+            _insert(conn, table, batch[:middle], before, where)
+            _insert(conn, table, batch[middle:], before + middle, where)
+            raise MemdbError(  # pragma: no cover - a batch refused, each half accepted
+                f"pytest-memdb: {where}: PostgreSQL refused the rows {before + 1}-"
+                f"{before + len(batch)} of table {table.name!r} together, and each half alone: "
+                f"{type(exc).__name__}: {exc}"
             ) from None
-    raise MemdbError(  # pragma: no cover - the batch failed, every row alone passed
-        f"pytest-memdb: {where}: PostgreSQL refused the rows {before + 1}-"
-        f"{before + len(batch)} of table {table.name!r} together, and each alone."
+        error: BaseException = getattr(exc, "orig", None) or exc
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    values = repr(batch[0])
+    if len(values) > _SHOWN:
+        values = values[:_SHOWN] + "...}"
+    raise MemdbError(
+        f"pytest-memdb: {where}: PostgreSQL refused row {before + 1} of table "
+        f"{table.name!r} {values}: {type(error).__name__}: {first}. Fix the row in the "
+        "file, or the models' constraint (SQLite does not check a VARCHAR's length, and "
+        "checks foreign keys only with foreign_keys=ON)."
     )
+
+
+def _copy_rows(conn: Connection, table: Table, batch: list[dict[str, Any]]) -> None:
+    """``COPY ... FROM STDIN`` (psycopg's ``Cursor.copy``) of ``batch``, each value through
+    its column type's bind processing for PostgreSQL (``JSON`` serialised, a
+    ``TypeDecorator``'s ``process_bind_param``) as an ``INSERT`` would; a SQL ``NULL`` stays
+    one (a ``JSON`` column's insert would write JSON ``null``).
+
+    Measured (150,000 rows in two tables, the second with a foreign key to the first;
+    PostgreSQL 15 on the same 2 cores, loaded): SQLAlchemy's ``executemany`` (psycopg's
+    pipeline, a statement per row, batches of 1,000) took 9.4-10.2 s, ``COPY`` in batches
+    of 1,000 4.9-5.4 s, in batches of 10,000 3.4-4.1 s. Most of the rest is the server's
+    foreign-key checks, one per row: ``pg_dump`` adds the constraints after the data, and
+    its plain dump of the same rows loads through psql in 0.4-0.7 s."""
+    dialect = conn.dialect
+    keys = list(batch[0])
+    columns = [table.c[key] for key in keys]
+    processors = [column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns]
+    prep = dialect.identifier_preparer
+    names = ", ".join(prep.quote(column.name) for column in columns)
+    statement = f"COPY {prep.format_table(table)} ({names}) FROM STDIN"
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in batch:
+            values = []
+            for key, process in zip(keys, processors, strict=True):
+                value = row[key]
+                values.append(value if value is None or process is None else process(value))
+            copy.write_row(values)
 
 
 def _sequences_past(conn: Connection, table: Table) -> None:
