@@ -9,10 +9,13 @@ In the order SQLite builds its template (:func:`pytest_memdb.core.templates.buil
    * a ``.sql`` dump (``pg_dump``'s plain format, or any SQL script) runs first, on a
      connection of its own, in one transaction (:func:`run_dump`). A dump without psql
      meta-commands runs through psycopg as one script (the simple query protocol takes
-     many statements; PostgreSQL's error says the line). One with meta-commands (``COPY
-     ... FROM stdin`` and its data, ``\\restrict``) runs through ``psql``, found on ``PATH``
-     or beside the server programs, with ``ON_ERROR_STOP`` and ``--single-transaction``;
+     many statements; PostgreSQL's error says the line); ``pg_dump``'s ``\\restrict`` and
+     ``\\unrestrict`` lines are left out (they only guard psql). One with meta-commands
+     (``COPY ... FROM stdin`` and its data) runs through ``psql``, found on ``PATH`` or
+     beside the server programs, with ``ON_ERROR_STOP`` and ``--single-transaction``;
      ``\\connect`` (``pg_dump --create``) is refused, since it would fill another database.
+     Measured, 150,000 rows (PostgreSQL 15, 2 loaded cores): ``pg_dump``'s default
+     (``COPY``) through psql 0.4-0.7 s, ``--inserts`` through psycopg 4.3-5.6 s.
      Either way the dump's session ends with it, so its ``SET``\\ s and
      ``set_config('search_path', '', false)`` do not reach the steps after it;
    * a SQLite file's rows (:func:`copy_sqlite_file`) are copied inside the seeding
