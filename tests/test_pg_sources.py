@@ -238,6 +238,7 @@ class Author(Base):
     born: Mapped[datetime.datetime | None] = mapped_column(DateTime)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     tags: Mapped[list[str] | None] = mapped_column(JSON)
+    mentor_id: Mapped[int | None] = mapped_column(ForeignKey("author.id"))
 
 
 class Book(Base):
@@ -249,22 +250,23 @@ class Book(Base):
 
 
 def _app_sqlite(path: Path, *, extra: str = "") -> Path:
-    """A SQLite file the app's models wrote: the child's row before its parent's, ids with
-    gaps, a datetime, booleans and JSON as SQLite stores them, a table the models lack and
-    a view."""
+    """A SQLite file the app's models wrote: the child's row before its parent's (in
+    another table, and in the same one), ids with gaps, a datetime, booleans and JSON as
+    SQLite stores them, a table the models lack and a view."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)
     conn.executescript(
         """
         CREATE TABLE author (id INTEGER PRIMARY KEY, name VARCHAR(30) NOT NULL, born DATETIME,
-                             active BOOLEAN NOT NULL, tags JSON);
+                             active BOOLEAN NOT NULL, tags JSON,
+                             mentor_id INTEGER REFERENCES author (id));
         CREATE TABLE book (id INTEGER PRIMARY KEY, author_id INTEGER NOT NULL
                            REFERENCES author (id), title VARCHAR(100) NOT NULL);
         CREATE TABLE audit (id INTEGER PRIMARY KEY, at DATETIME, what TEXT);
         CREATE VIEW author_names AS SELECT name FROM author;
         INSERT INTO book VALUES (1, 7, 'notes');
-        INSERT INTO author VALUES (3, 'ada', '1815-12-10 00:00:00.000000', 1, '["math"]');
-        INSERT INTO author VALUES (7, 'grace', NULL, 0, NULL);
+        INSERT INTO author VALUES (3, 'ada', '1815-12-10 00:00:00.000000', 1, '["math"]', 7);
+        INSERT INTO author VALUES (7, 'grace', NULL, 0, NULL, NULL);
         INSERT INTO audit VALUES (40, '2024-05-06 07:08:09', 'made');
         """
         + extra
@@ -300,6 +302,7 @@ def test_the_files_rows_on_postgresql(memdb_sync_session, n):
     born = q(s, "SELECT pg_typeof(born)::text FROM author WHERE id = 3")
     assert born == "timestamp without time zone"
     assert q(s, "SELECT title FROM book WHERE author_id = 7") == "notes"
+    assert q(s, "SELECT mentor_id FROM author WHERE id = 3") == 7
     assert q(s, "SELECT at FROM audit") == datetime.datetime(2024, 5, 6, 7, 8, 9)
     # the sequences past the largest ids
     s.add(Author(name=f"new{n}"))

@@ -423,6 +423,12 @@ def _copy_table(
         )
     columns = [next(c for c in target.columns if c.name == name) for name in names]
     query = select(*columns).select_from(target)
+    # A foreign key is checked at the end of its statement: one COPY of a table that refers
+    # to itself accepts its rows in any order (a parent after its child, as SQLite allows).
+    refers_to_itself = any(
+        fk.column.table is table for table in (target, found) for fk in table.foreign_keys
+    )
+    limit = 0 if refers_to_itself else _ROWS_PER_BATCH
     number = 0
     batch: list[dict[str, Any]] = []
     try:
@@ -430,7 +436,7 @@ def _copy_table(
         for row in rows:
             number += 1
             batch.append(dict(row))
-            if len(batch) == _ROWS_PER_BATCH:
+            if len(batch) == limit:
                 _insert(conn, target, batch, number - len(batch), where)
                 batch = []
     except MemdbError:
@@ -451,35 +457,66 @@ def _copy_table(
 def _insert(
     conn: Connection, table: Table, batch: list[dict[str, Any]], before: int, where: str
 ) -> None:
-    """Copy ``batch`` (rows ``before + 1`` on of the table) in a savepoint; refused, halve
-    it until the one row PostgreSQL refuses is found (14 halvings for a whole batch), and
-    name it."""
+    """Copy ``batch`` (rows ``before + 1`` on of the table) in a savepoint. Refused, the row
+    is named: the one PostgreSQL's error points at (:func:`_culprit`), else found by
+    halving the batch (14 halvings for a whole one)."""
     try:
         with conn.begin_nested():
             _copy_rows(conn, table, batch)
         return
     except Exception as exc:
-        if len(batch) > 1:
+        error: BaseException = getattr(exc, "orig", None) or exc
+        found = 0 if len(batch) == 1 else _culprit(error, table, batch)
+        if found is None:
             middle = len(batch) // 2
             _insert(conn, table, batch[:middle], before, where)
             _insert(conn, table, batch[middle:], before + middle, where)
             raise MemdbError(  # pragma: no cover - a batch refused, each half accepted
                 f"pytest-memdb: {where}: PostgreSQL refused the rows {before + 1}-"
-                f"{before + len(batch)} of table {table.name!r} together, and each half alone: "
-                f"{type(exc).__name__}: {exc}"
+                f"{before + len(batch)} of table {table.name!r} together, and each half "
+                f"alone: {type(error).__name__}: {error}"
             ) from None
-        error: BaseException = getattr(exc, "orig", None) or exc
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else ""
-    values = repr(batch[0])
+    diag = getattr(error, "diag", None)
+    reason = getattr(diag, "message_primary", None) or str(error).strip().split("\n")[0]
+    detail = getattr(diag, "message_detail", None)
+    values = repr(batch[found])
     if len(values) > _SHOWN:
         values = values[:_SHOWN] + "...}"
     raise MemdbError(
-        f"pytest-memdb: {where}: PostgreSQL refused row {before + 1} of table "
-        f"{table.name!r} {values}: {type(error).__name__}: {first}. Fix the row in the "
-        "file, or the models' constraint (SQLite does not check a VARCHAR's length, and "
-        "checks foreign keys only with foreign_keys=ON)."
+        f"pytest-memdb: {where}: PostgreSQL refused row {before + found + 1} of table "
+        f"{table.name!r} {values}: {type(error).__name__}: {reason}"
+        f"{f' ({detail})' if detail else ''}. Fix the row in the file, or the models' "
+        "constraint (SQLite does not check a VARCHAR's length, and checks foreign keys "
+        "only with foreign_keys=ON)."
     )
+
+
+_COPY_LINE = re.compile(r"^COPY .*, line (\d+)")
+_MISSING_KEY = re.compile(r"^Key \((.+)\)=\((.*)\) is not present in table ")
+
+
+def _culprit(error: BaseException, table: Table, batch: list[dict[str, Any]]) -> int | None:
+    """The index in ``batch`` of the row PostgreSQL's error names, or None: a value it could
+    not take names its ``COPY`` line (``CONTEXT: COPY author, line 2, column name``); a
+    foreign key, checked when the ``COPY`` ends, names the missing key (``DETAIL: Key
+    (author_id)=(99) is not present``), whose first row is found. Halving the batch instead
+    would blame a row whose parent, in the same table, fell in the other half."""
+    diag = getattr(error, "diag", None)
+    line = _COPY_LINE.match(getattr(diag, "context", None) or "")
+    if line is not None and 0 < int(line.group(1)) <= len(batch):
+        return int(line.group(1)) - 1
+    missing = _MISSING_KEY.match(getattr(diag, "message_detail", None) or "")
+    if missing is None:
+        return None
+    names = [name.strip().strip('"') for name in missing.group(1).split(",")]
+    wanted = [value.strip() for value in missing.group(2).split(",")]
+    keys = {column.name: key for key, column in table.c.items()}
+    if len(names) != len(wanted) or any(name not in keys for name in names):
+        return None
+    for index, row in enumerate(batch):
+        if [str(row.get(keys[name])) for name in names] == wanted:
+            return index
+    return None
 
 
 def _copy_rows(conn: Connection, table: Table, batch: list[dict[str, Any]]) -> None:
