@@ -427,3 +427,66 @@ def test_a_sqlite_file_with_alembic_migrations_says_what_to_do(
     result.stdout.fnmatch_lines(
         ["*memdb_file in pytest.ini is a SQLite file and memdb_alembic in pytest.ini*.sql dump*"]
     )
+
+
+def test_migrations_upgrade_a_dump(pytester: pytest.Pytester, pg_server: Any) -> None:
+    """``memdb_file`` then ``memdb_alembic``, as on SQLite (where they upgrade a shipped
+    file): a dump of a database at revision 0001 is migrated to head, 0002 alone."""
+    from tests.test_alembic import _alembic_project, _log
+
+    (pytester.path / "data.sql").write_text(
+        "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY);\n"
+        "INSERT INTO alembic_version VALUES ('0001');\n"
+        "CREATE TABLE author (id serial PRIMARY KEY, name varchar(50) NOT NULL);\n"
+        "INSERT INTO author (name) VALUES ('from the dump');\n"
+    )
+    ini = _alembic_project(pytester, "generic")
+    write_ini(pytester, memdb_file="data.sql", memdb_alembic="alembic.ini")
+    pytester.makepyfile(
+        """
+        from sqlalchemy import inspect, text
+
+        def test_upgraded(memdb_sync_session):
+            s = memdb_sync_session
+            assert sorted(inspect(s.connection()).get_table_names()) == [
+                "alembic_version", "author", "book"
+            ]
+            names = s.execute(text("SELECT name FROM author ORDER BY id")).scalars().all()
+            assert names == ["from the dump", "migrated"]
+            assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        """
+    )
+
+    result = pytester.runpytest(*RUN, _switch(pg_server))
+
+    result.assert_outcomes(passed=1)
+    assert _log(ini) == ["0002"]
+
+
+def test_env_py_that_connects_to_another_database_of_the_server_is_stopped(
+    pytester: pytest.Pytester, pg_server: Any
+) -> None:
+    """The guard on PostgreSQL lets ``env.py`` reach the template database only: its own
+    URL to the server's ``postgres`` database is refused before it connects, and nothing is
+    migrated there."""
+    from tests.test_alembic import ELSEWHERE, _alembic_project, _env_py, _log
+
+    ini = _alembic_project(pytester, "generic")
+    env_py = _env_py(ini)
+    elsewhere = pg_server.url("postgres", "psycopg")
+    env_py.write_text(
+        env_py.read_text().replace(
+            "config = context.config\n",
+            "config = context.config\n" + ELSEWHERE.format(url=elsewhere),
+        )
+    )
+    write_ini(pytester, memdb_alembic="alembic.ini")
+    pytester.makepyfile("def test_it(memdb_sync_session):\n    pass\n")
+
+    result = pytester.runpytest(*RUN, _switch(pg_server))
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*tried to connect to postgresql*://postgres@*/postgres instead*"])
+    assert _log(ini) == []
+    with _connect(pg_server) as conn:
+        assert conn.execute("SELECT to_regclass('public.alembic_version')").fetchone() == (None,)
