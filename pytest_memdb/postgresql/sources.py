@@ -81,8 +81,9 @@ def unsupported(target: Target) -> str | None:
         return (
             f"pytest-memdb: {target.file_origin} is a SQLite file and {target.alembic_origin} "
             "names Alembic migrations: on PostgreSQL the migrations cannot run on a SQLite "
-            "file's content. Give the data as a .sql dump (pg_dump --data-only --inserts of "
-            "a migrated database) in memdb_file or memdb_load, or leave the switch off."
+            "file's content. Give memdb_file as a .sql dump instead (pg_dump of a database "
+            "at one of your revisions, schema and rows: the migrations upgrade it), or leave "
+            "the switch off."
         )
     return None
 
