@@ -117,11 +117,10 @@ class Tag(Base):
 
 SCHEMA_TESTS = """
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 def tables(session):
-    rows = session.execute(text("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"))
-    return rows.scalars().all()
+    return sorted(inspect(session.connection()).get_table_names())
 
 @pytest.mark.parametrize("n", range(3))
 def test_migrated(memdb_sync_session, n):
@@ -136,6 +135,16 @@ def test_migrated(memdb_sync_session, n):
 """
 
 RUN = ("-p", "no:cacheprovider")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> list[str]:
+    """The inner run's arguments for one backend: nothing for SQLite, the PostgreSQL switch
+    (``memdb_postgresql``) on the session's server else."""
+    if request.param == "sqlite":
+        return []
+    server = request.getfixturevalue("pg_server")
+    return [f"--memdb-postgresql={server.url('postgres', 'psycopg')}"]
 
 
 def _alembic_project(
@@ -168,21 +177,30 @@ def _env_py(ini: Path) -> Path:
     return ini.parent / "migrations" / "env.py"
 
 
-@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+@pytest.mark.parametrize(
+    ("template", "isolation"),
+    [
+        ("generic", "copy"),
+        ("generic", "rollback"),
+        # 4-6 s on PostgreSQL; SQLite's async env.py has a test of its own below
+        pytest.param("async", "copy", marks=pytest.mark.slow),
+    ],
+)
 def test_generic_env_py_migrates_once_and_every_test_sees_the_schema(
-    pytester: pytest.Pytester, isolation: str
+    pytester: pytest.Pytester, backend: list[str], template: str, isolation: str
 ) -> None:
-    ini = _alembic_project(pytester, "generic")
+    """``env.py`` as ``alembic init`` writes it (generic and async), on both backends."""
+    ini = _alembic_project(pytester, template)
     generated = _env_py(ini).read_text()
     write_ini(pytester, memdb_alembic="alembic.ini", memdb_isolation=isolation)
     pytester.makepyfile(test_schema=SCHEMA_TESTS)
 
-    result = pytester.runpytest(*RUN)
+    result = pytester.runpytest(*RUN, *backend)
 
     result.assert_outcomes(passed=3)
     assert _log(ini) == ["0001", "0002"]  # once per template, not once per test
     assert _env_py(ini).read_text() == generated
-    assert "engine_from_config(" in generated
+    assert ("engine_from_config(" if template == "generic" else "asyncio.run(") in generated
 
 
 def test_async_env_py_works_unchanged_even_inside_a_running_loop(
@@ -360,7 +378,9 @@ def test_migrations_run_on_the_fixture_file_and_leave_it_alone(pytester: pytest.
     assert digest(app_db) == before
 
 
-def test_load_steps_and_the_hook_run_after_the_migrations(pytester: pytest.Pytester) -> None:
+def test_load_steps_and_the_hook_run_after_the_migrations(
+    pytester: pytest.Pytester, backend: list[str]
+) -> None:
     _alembic_project(pytester, "generic")
     (pytester.path / "seed.sql").write_text(
         "INSERT INTO book (author_id, title) VALUES (1, 'seeded by sql');\n"
@@ -399,20 +419,20 @@ def test_load_steps_and_the_hook_run_after_the_migrations(pytester: pytest.Pytes
         """
     )
 
-    result = pytester.runpytest(*RUN)
+    result = pytester.runpytest(*RUN, *backend)
 
     result.assert_outcomes(passed=2)
 
 
 def test_models_that_match_the_migrations_pass_and_create_all_is_not_run(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, backend: list[str]
 ) -> None:
     ini = _alembic_project(pytester, "generic")
     pytester.makepyfile(models=MODELS)
     write_ini(pytester, memdb_alembic="alembic.ini", memdb_metadata="models:Base")
     pytester.makepyfile(test_schema=SCHEMA_TESTS)
 
-    result = pytester.runpytest(*RUN)
+    result = pytester.runpytest(*RUN, *backend)
 
     result.assert_outcomes(passed=3)
     assert _log(ini) == ["0001", "0002"]
@@ -420,14 +440,14 @@ def test_models_that_match_the_migrations_pass_and_create_all_is_not_run(
 
 
 def test_models_that_drifted_from_the_migrations_fail_every_test_listing_the_differences(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, backend: list[str]
 ) -> None:
     ini = _alembic_project(pytester, "generic")
     pytester.makepyfile(models=DRIFTED_MODELS)
     write_ini(pytester, memdb_alembic="alembic.ini", memdb_metadata="models:Base")
     pytester.makepyfile(test_schema=SCHEMA_TESTS)
 
-    result = pytester.runpytest(*RUN)
+    result = pytester.runpytest(*RUN, *backend)
 
     result.assert_outcomes(errors=3)
     assert _log(ini) == ["0001", "0002"]  # built once, the failure remembered
@@ -452,7 +472,7 @@ ELSEWHERE = 'config.set_main_option("sqlalchemy.url", {url!r})  # the app\'s own
     ("template", "scheme"), [("generic", "sqlite"), ("async", "sqlite+aiosqlite")]
 )
 def test_env_py_that_connects_elsewhere_is_stopped_before_it_connects(
-    pytester: pytest.Pytester, template: str, scheme: str
+    pytester: pytest.Pytester, backend: list[str], template: str, scheme: str
 ) -> None:
     ini = _alembic_project(pytester, template)
     real = pytester.path / "app.db"
@@ -466,7 +486,7 @@ def test_env_py_that_connects_elsewhere_is_stopped_before_it_connects(
     write_ini(pytester, memdb_alembic="alembic.ini")
     pytester.makepyfile(test_schema=SCHEMA_TESTS)
 
-    result = pytester.runpytest(*RUN)
+    result = pytester.runpytest(*RUN, *backend)
 
     result.assert_outcomes(errors=3)
     assert not real.exists()

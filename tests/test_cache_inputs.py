@@ -305,3 +305,17 @@ def test_without_a_hook_fixtures_on_one_source_share_an_entry(pytester: pytest.P
     pytester.runpytest_subprocess(timeout=120).assert_outcomes(passed=1)
     entries = list((pytester.path / ".pytest_cache" / "d" / "pytest-memdb").glob("*.sqlite"))
     assert len(entries) == 1
+
+
+def test_the_building_modules_the_key_hashes_are_the_plugins_modules() -> None:
+    """The key hashes the source of the modules that build a template, so an editable
+    install's change rebuilds; a name that is no module hashed as its own name. After the
+    layout moved them under ``core/`` and ``sqlite/``, none of the six names was one."""
+    import importlib.util
+
+    from pytest_memdb.sqlite.cache_key import _BUILDING_MODULES, module_hash
+
+    for name in _BUILDING_MODULES:
+        module = f"pytest_memdb.{name}"
+        assert importlib.util.find_spec(module) is not None, module
+        assert module_hash(module) != module, module

@@ -298,26 +298,6 @@ def test_a_bad_switch_value_names_the_option(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--memdb-postgresql is 'mysql://x': give a PostgreSQL URL*"])
 
 
-def test_a_sqlite_fixture_file_on_postgresql_says_what_to_do(
-    pytester: pytest.Pytester, pg_server: Any
-) -> None:
-    from tests.helpers import make_sqlite
-
-    make_sqlite(pytester.path / "data" / "app.sqlite")
-    write_ini(pytester, memdb_file="data/app.sqlite")
-    pytester.makepyfile(
-        test_file="""
-        async def test_uses_it(memdb_session):
-            pass
-        """
-    )
-    result = pytester.runpytest_subprocess(
-        f"--memdb-postgresql={pg_server.url('postgres', 'psycopg')}", timeout=120
-    )
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*memdb_file in pytest.ini is a SQLite file*memdb_load*"])
-
-
 @pytest.mark.parametrize(
     ("line", "option"),
     [

@@ -3,5 +3,5 @@ strategies, layers, the handle, the registry, the cache.
 
 The strategies (``isolation.py``) see a backend's working database only through its
 ``WorkingDatabase`` protocol. Not yet backend-free: ``cache``, ``cache_key``, ``janitor``,
-``layers``, ``migrations``, ``registry`` and ``templates`` still import SQLite modules.
+``layers``, ``registry`` and ``templates`` still import SQLite modules.
 """

@@ -3,26 +3,31 @@
 Imported only when a target names an ``alembic.ini``; Alembic itself is imported on the
 first call, so a run without ``memdb_alembic`` never pays for it or needs it installed.
 
-Why the migrations do not run on the template itself: the template is a *private* memdb
-database that only its anchor connection reaches, while an unchanged ``env.py`` from
-``alembic init`` (generic and ``-t async``) opens its own engine from ``sqlalchemy.url``.
-So they run on a *build* database (shared, uniquely named, seeded with the template's
-content, e.g. the fixture file), whose sync or aiosqlite URL is put in ``sqlalchemy.url``
-and whose connection is offered in ``config.attributes["connection"]`` (Alembic's
-"sharing a connection" recipe); the result is then backed up into the template.
+Backend-free: the backend hands :func:`run_migrations` a :class:`MigrationSite`, which
+makes the database each attempt migrates (:class:`BuildDatabase`: its URLs, an engine on
+it, which connections it allows, what happens to it when the migrations succeeded). On
+SQLite (:mod:`pytest_memdb.sqlite.migrating`) that is a shared copy of the private
+template, backed up into it afterwards: an unchanged ``env.py`` from ``alembic init``
+(generic and ``-t async``) opens its own engine from ``sqlalchemy.url``, which cannot
+reach a private in-memory database. On PostgreSQL
+(:mod:`pytest_memdb.postgresql.sources`) it is the template database itself, which
+any connection to its URL reaches until it is sealed.
+
+The build database's sync or async URL is put in ``sqlalchemy.url`` and a connection to
+it is offered in ``config.attributes["connection"]`` (Alembic's "sharing a connection"
+recipe).
 
 Why a process-wide ``do_connect`` guard: ``env.py`` is the user's code and may connect
 wherever it likes (a hard-coded URL, the app's settings). While migrations run, every
 SQLAlchemy connection attempt in the process is checked *before* the driver connects
-(so no file is created and nothing is migrated) and refused unless it is to the build
-database.
+(so no file is created and nothing is migrated) and refused unless the build database
+allows it.
 """
 
 from __future__ import annotations
 
 import logging.config
 import re
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -30,29 +35,68 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, event
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
 
 from pytest_memdb.core.config import Target
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.messages import ALEMBIC_ENV, ALEMBIC_MISSING, SCHEMA_DRIFT, SEEDING_FAILED
-from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
 _ASYNC_ENV = re.compile(r"\b(async_engine_from_config|create_async_engine|AsyncEngine)\b")
-_BACKUP_GIVE_UP_AFTER = 5.0
+THREAD_NAME = "pytest-memdb-alembic"
+"""The name of the thread ``env.py`` runs on (:func:`_in_helper_thread`)."""
+
+
+class BuildDatabase(Protocol):
+    """The database one run of ``env.py`` migrates, as the backend makes it."""
+
+    @property
+    def sync_url(self) -> str:
+        """Its URL for a sync engine (what a generic ``env.py`` gets in ``sqlalchemy.url``)."""
+        ...
+
+    @property
+    def async_url(self) -> str:
+        """Its URL for an async engine (what an async ``env.py`` gets)."""
+        ...
+
+    def engine(self) -> Engine:
+        """A new sync engine on it (the shared connection's, the drift check's); disposed
+        by the caller."""
+        ...
+
+    def allows(self, dialect: Any, cargs: Any, cparams: dict[str, Any]) -> bool:
+        """Whether a connection SQLAlchemy is about to make (``do_connect``'s arguments)
+        while the migrations run may go ahead: one to this database, or one that is not
+        ``env.py``'s (the backend's own, on another thread)."""
+        ...
+
+    def finish(self, where: str) -> None:
+        """The migrations succeeded: make them the template's (a copy, or nothing)."""
+        ...
+
+    def close(self) -> None:
+        """Free what the attempt made (success or not)."""
+        ...
+
+
+class MigrationSite(Protocol):
+    """Where a backend's template is migrated: a fresh :class:`BuildDatabase` per attempt."""
+
+    def build(self) -> BuildDatabase: ...
 
 
 def run_migrations(
-    target: Target, template: MemoryDatabase, *, metadata: MetaData | None = None
+    target: Target, site: MigrationSite, *, metadata: MetaData | None = None
 ) -> None:
-    """Migrate ``template`` (private; may hold a fixture file's content) to the revision.
+    """Migrate the template ``site`` builds on (it may hold a fixture file's content) to
+    the revision.
 
     With ``metadata`` (``memdb_metadata`` too), the migrated schema is then compared with
     the models by Alembic's autogenerate comparison, and any difference is an error.
@@ -78,7 +122,7 @@ def run_migrations(
     # async_engine_from_config refuses pysqlite); an env.py the source check misjudges
     # fails before it touches the database, and is run once more with the other driver.
     for attempt, use_async in enumerate((wants_async, not wants_async)):
-        build = template.copy(unique_name("alembic", "build"))
+        build = site.build()
         try:
             outcome = _in_helper_thread(
                 partial(_upgrade, config, script, target.alembic_revision, build, use_async)
@@ -89,7 +133,7 @@ def run_migrations(
                 raise _failure(where, outcome, script)
             if metadata is not None:
                 check_drift(build, metadata, outcome.compare_opts, where, target)
-            _backup(build, template, where)
+            build.finish(where)
             return
         finally:
             build.close()
@@ -163,7 +207,7 @@ class _Outcome:
 
 
 def _upgrade(
-    config: Config, script: ScriptDirectory, revision: str, build: MemoryDatabase, use_async: bool
+    config: Config, script: ScriptDirectory, revision: str, build: BuildDatabase, use_async: bool
 ) -> _Outcome:
     """Run ``env.py`` once, upgrading the build database; never raises (see ``error``)."""
     from alembic.runtime.environment import EnvironmentContext
@@ -176,7 +220,7 @@ def _upgrade(
     def upgrade(rev: Any, context: Any) -> Any:
         return script._upgrade_revs(revision, rev)  # what alembic.command.upgrade does
 
-    engine = create_engine(build.sync_url, poolclass=NullPool)
+    engine = build.engine()
     try:
         with (
             _guard(build, outcome),
@@ -230,9 +274,7 @@ def _in_helper_thread(run: Callable[[], _Outcome]) -> _Outcome:
     wait, not the guard.
     """
     result: list[_Outcome] = []
-    helper = threading.Thread(
-        target=lambda: result.append(run()), name="pytest-memdb-alembic", daemon=True
-    )
+    helper = threading.Thread(target=lambda: result.append(run()), name=THREAD_NAME, daemon=True)
     helper.start()
     helper.join()
     if not result:  # pragma: no cover - _upgrade catches everything
@@ -241,17 +283,17 @@ def _in_helper_thread(run: Callable[[], _Outcome]) -> _Outcome:
 
 
 @contextmanager
-def _guard(build: MemoryDatabase, outcome: _Outcome) -> Iterator[None]:
-    """Refuse every SQLAlchemy connection but to ``build``, before the driver is called.
+def _guard(build: BuildDatabase, outcome: _Outcome) -> Iterator[None]:
+    """Refuse every SQLAlchemy connection ``build`` does not allow, before the driver is
+    called.
 
     A ``do_connect`` listener on :class:`Engine` reaches every dialect and every engine,
     sync or async, made before or while ``env.py`` runs; it fires before the DBAPI's
     ``connect``, so a refused SQLite file is never created.
     """
-    allowed = build.sqlite_uri
 
     def check(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-        if dialect.name == "sqlite" and list(cargs) == [allowed] and cparams.get("uri"):
+        if build.allows(dialect, cargs, cparams):
             return
         shown = _shown_url(dialect, cargs, cparams)
         outcome.refused.append(shown)
@@ -373,7 +415,7 @@ def _failing_revision(error: BaseException, script: ScriptDirectory) -> str:
 
 
 def check_drift(
-    build: MemoryDatabase,
+    build: BuildDatabase,
     metadata: MetaData,
     compare_opts: dict[str, Any],
     where: str,
@@ -388,7 +430,7 @@ def check_drift(
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    engine = create_engine(build.sync_url, poolclass=NullPool)
+    engine = build.engine()
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts=dict(compare_opts))
@@ -462,25 +504,3 @@ def _describe(diff: tuple[Any, ...]) -> str:
 def _value(value: Any) -> str:
     text = getattr(value, "arg", value)  # a server default's text
     return repr(str(text)) if text is not None else "None"
-
-
-def _backup(build: MemoryDatabase, template: MemoryDatabase, where: str) -> None:
-    """Copy the migrated build database over the private template (page-level backup).
-
-    ``sqlite3``'s ``backup()`` retries a busy step forever: a connection ``env.py`` left
-    holding a write on the build database would hang the run, so the backup gives up after
-    a few seconds (:meth:`MemoryDatabase.fill_from`).
-    """
-    try:
-        filled = template.fill_from(build, give_up_after=_BACKUP_GIVE_UP_AFTER)
-    except sqlite3.Error as exc:
-        raise MemdbError(
-            f"pytest-memdb: {where}: the migrated database could not be copied into the "
-            f"template: {type(exc).__name__}: {exc}"
-        ) from None
-    if not filled:
-        raise MemdbError(
-            f"pytest-memdb: {where}: the migrated database could not be copied into the "
-            f"template: a connection env.py left open still holds a write on it after "
-            f"{_BACKUP_GIVE_UP_AFTER:g} s; close env.py's connections or dispose its engines."
-        )

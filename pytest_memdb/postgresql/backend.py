@@ -23,16 +23,21 @@ PostgreSQL's own means:
   :class:`~pytest_memdb.errors.MemdbWarning`;
 * ``session``: one clone for every ``session`` test of the run, never restored.
 
-Not on PostgreSQL yet (each a clear error when asked for): a SQLite fixture file as the
-source (give a ``.sql`` dump in ``memdb_load``), Alembic migrations, layers;
-``--memdb-keep-failed`` and ``memdb_takeover`` stop the run at start-up
-(:mod:`pytest_memdb.core.config`)."""
+The template comes from the sources SQLite's does (:mod:`pytest_memdb.postgresql.sources`):
+``memdb_file`` as a ``.sql`` dump (run through psycopg, or psql for its meta-commands) or
+as a SQLite file whose rows are copied into PostgreSQL's tables, Alembic migrations on the
+template database itself, then the models' tables, the load steps and the hook. A SQLite
+file together with migrations is refused (:func:`unsupported`).
+
+Not on PostgreSQL yet (each a clear error when asked for): layers; ``--memdb-keep-failed``
+and ``memdb_takeover`` stop the run at start-up (:mod:`pytest_memdb.core.config`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import uuid
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -42,7 +47,7 @@ from pytest_memdb.core.importing import import_metadata
 from pytest_memdb.core.isolation import WorkingDatabase
 from pytest_memdb.core.stats import MemdbStats
 from pytest_memdb.core.template import Role, TemplateBase
-from pytest_memdb.core.templates import TemplateHook, seed
+from pytest_memdb.core.templates import TemplateHook
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses
 from pytest_memdb.postgresql.clones import ClonePool, Cluster
@@ -51,22 +56,11 @@ from pytest_memdb.postgresql.working import PgWorkingDatabase
 
 
 def unsupported(target: Target, settings: MemdbConfig) -> str | None:
-    """Why ``target`` cannot be built on PostgreSQL yet, or None."""
-    where = settings.postgresql_origin
-    if target.file is not None:
-        return (
-            f"pytest-memdb: {target.file_origin} is a SQLite file, and {where} runs the "
-            "databases on PostgreSQL: give the template's data as a .sql dump (pg_dump "
-            "--inserts, or plain INSERTs) in memdb_load, with the tables from memdb_metadata "
-            "or the dump."
-        )
-    if target.alembic is not None:
-        return (
-            f"pytest-memdb: {target.alembic_origin}: Alembic migrations are not run on "
-            f"PostgreSQL yet ({where}); build the template from memdb_metadata and "
-            "memdb_load, or leave the switch off for this run."
-        )
-    return None
+    """Why ``target`` cannot be built on PostgreSQL, or None (the sources themselves are
+    :mod:`pytest_memdb.postgresql.sources`')."""
+    from pytest_memdb.postgresql.sources import unsupported as sources_unsupported
+
+    return sources_unsupported(target)
 
 
 class PgTemplate(TemplateBase):
@@ -83,8 +77,10 @@ class PgTemplate(TemplateBase):
         label: str,
         classes: SessionClasses = DEFAULT_CLASSES,
         stats: MemdbStats | None = None,
+        source: Path | None = None,
     ) -> None:
-        super().__init__(source=None, label=label, classes=classes, stats=stats)
+        """``source``: the file the template was built from (``memdb_file``), if any."""
+        super().__init__(source=source, label=label, classes=classes, stats=stats)
         self.cluster = cluster
         self.template_database = database
         self.echo = echo
@@ -130,8 +126,12 @@ class PgBackend:
         hook: TemplateHook | None,
         stats: MemdbStats,
     ) -> PgTemplate:
-        """Build ``target``'s template on the server: the metadata's tables, the load steps
-        and the hook, in one transaction, then sealed."""
+        """Build ``target``'s template on the server from its sources
+        (:func:`pytest_memdb.postgresql.sources.build`: a ``.sql`` dump or a SQLite file's
+        rows, the migrations, then the metadata's tables, the load steps and the hook in
+        one transaction), then sealed."""
+        from pytest_memdb.postgresql import sources
+
         settings = self.settings
         problem = unsupported(target, settings)
         if problem is not None:
@@ -143,8 +143,7 @@ class PgBackend:
         )
 
         def build(engine: Engine) -> None:
-            with engine.begin() as conn:
-                seed(conn, target, metadata, base_dir=settings.base_dir, hook=hook)
+            sources.build(engine, target, metadata, base_dir=settings.base_dir, hook=hook)
 
         database = self.cluster.create_template(build)
         stats.templates_built += 1
@@ -155,6 +154,7 @@ class PgBackend:
             label=target.fixture,
             classes=classes,
             stats=stats,
+            source=target.file.resolve() if target.file is not None else None,
         )
 
     def close(self) -> None:

@@ -71,7 +71,7 @@ def build_template(
 
 def _migrate(target: Target, database: MemoryDatabase, metadata: MetaData | None) -> None:
     """Run ``target``'s Alembic migrations on the template (Alembic is imported only here)."""
-    from pytest_memdb.core.migrations import run_migrations
+    from pytest_memdb.sqlite.migrating import run_migrations
 
     run_migrations(target, database, metadata=metadata)
 

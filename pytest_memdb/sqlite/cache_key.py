@@ -56,7 +56,17 @@ RACY_S = 3.0
 """A fixture file changed (mtime or ctime) this recently is hashed, not only ``stat``-ed:
 file systems with a coarse clock (2 s on FAT, 1 s on HFS+) keep both across two writes."""
 
-_BUILDING_MODULES = ("templates", "loading", "migrations", "cache_key", "cache_entries")
+_BUILDING_MODULES = (
+    "core.templates",
+    "core.migrations",
+    "sqlite.build",
+    "sqlite.loading",
+    "sqlite.migrating",
+    "sqlite.cache_key",
+    "sqlite.cache_entries",
+)
+"""The modules that build a template, by their names under ``pytest_memdb`` (a name that
+is not a module would hash as itself: an edit to it would not be seen)."""
 
 
 class Uncacheable(Exception):
