@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 import pytest_memdb
+from pytest_memdb import options
 from pytest_memdb.core import config
-from pytest_memdb.plugin import hooks, options
+from pytest_memdb.plugin import hooks
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference"

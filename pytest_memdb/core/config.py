@@ -25,11 +25,11 @@ from pytest_memdb.messages import (
     NO_SOURCE,
     UNKNOWN_OPTION,
 )
-from pytest_memdb.plugin.options import BOOL_INI_OPTIONS, INI_OPTIONS
-from pytest_memdb.plugin.options import ISOLATION_MODES as ISOLATION_MODES
-from pytest_memdb.plugin.options import RESTORE_WAYS as RESTORE_WAYS
-from pytest_memdb.plugin.options import Isolation as Isolation
-from pytest_memdb.plugin.options import Restore as Restore
+from pytest_memdb.options import BOOL_INI_OPTIONS, INI_OPTIONS
+from pytest_memdb.options import ISOLATION_MODES as ISOLATION_MODES
+from pytest_memdb.options import RESTORE_WAYS as RESTORE_WAYS
+from pytest_memdb.options import Isolation as Isolation
+from pytest_memdb.options import Restore as Restore
 from pytest_memdb.sqlite.pragmas import Pragmas, parse_pragmas
 
 DEFAULT_ISOLATION: Isolation = "copy"

@@ -23,21 +23,23 @@ when the holder cannot end its transaction while the waiter waits:
   own sync code): only other tasks run while it waits, and none of them holds it.
 
 A holder in another thread, or in another live task, may end its transaction at any
-moment: that wait goes on, bounded by :data:`~pytest_memdb.sqlite.connections.BUSY_TIMEOUT_S`,
-and its error names the holder too. (A holder whose connection is handed to another task
-that commits it later is failed at once too; no test of the plugin's own does that.)
+moment: that wait goes on, bounded by the backend's own lock wait (SQLite's busy timeout,
+:data:`~pytest_memdb.sqlite.connections.BUSY_TIMEOUT_S`; PostgreSQL's ``lock_timeout``), and
+its error names the holder too; each backend says what a failed wait raises (SQLite's
+``database is locked``, as its driver would). (A holder whose connection is handed to
+another task that commits it later is failed at once too; no test of the plugin's own
+does that.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
 from pytest_memdb.core.callers import Place, describe, place
-from pytest_memdb.sqlite import connections
 
 Engine = Literal["sync", "async"]
 
@@ -101,8 +103,12 @@ class Holder:
 class WriteLock:
     """A lock one SQLAlchemy connection of the test holds while it writes; see the module."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, wait_s: Callable[[], float], error: Callable[[str], Exception]) -> None:
+        """``wait_s``: how long a writer that may yet get the lock waits (read at each
+        wait); ``error``: the driver's error for a failed wait, given the reason."""
         self._lock = threading.Lock()
+        self._wait_s = wait_s
+        self._error = error
         self.holder: Holder | None = None
 
     def acquire_now(self) -> bool:
@@ -121,13 +127,13 @@ class WriteLock:
     def wait_blocking(self) -> None:
         """Take the lock, blocking this thread up to the busy timeout; or fail (see module)."""
         self._fail_if_stuck(blocking=True)
-        if not self._lock.acquire(timeout=connections.BUSY_TIMEOUT_S):
+        if not self._lock.acquire(timeout=self._wait_s()):
             raise self._timed_out()
 
     async def wait_async(self) -> None:
         """Take the lock, letting other tasks run, up to the busy timeout; or fail."""
         self._fail_if_stuck(blocking=False)
-        deadline = time.monotonic() + connections.BUSY_TIMEOUT_S
+        deadline = time.monotonic() + self._wait_s()
         delay = 0.0005
         while not self._lock.acquire(blocking=False):
             if time.monotonic() > deadline:
@@ -139,7 +145,7 @@ class WriteLock:
         holder = self.holder
         why = holder.stuck(blocking=blocking) if holder is not None else None
         if holder is not None and why is not None:
-            raise _locked(
+            raise self._error(
                 "pytest-memdb (rollback isolation) gave up at once on this write: "
                 f"{holder.describe()}, and cannot while this statement waits ({why}). "
                 f"{ADVICE}."
@@ -148,15 +154,11 @@ class WriteLock:
     def _timed_out(self) -> Exception:
         holder = self.holder
         who = holder.describe() if holder is not None else "it is not known which"
-        return _locked(
+        return self._error(
             "another connection of this test kept an uncommitted write open for "
-            f"{connections.BUSY_TIMEOUT_S:g} s: {who} (pytest-memdb rollback isolation). "
+            f"{self._wait_s():g} s: {who} (pytest-memdb rollback isolation). "
             f"{ADVICE}."
         )
-
-
-def _locked(reason: str) -> Exception:
-    return sqlite3.OperationalError(f"database is locked: {reason}")
 
 
 def _current_task() -> asyncio.Task[object] | None:

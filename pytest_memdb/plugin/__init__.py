@@ -19,12 +19,12 @@ from pytest_memdb.core.config import MARKER_ARGS, MemdbConfig
 from pytest_memdb.core.stats import MemdbStats
 from pytest_memdb.errors import MemdbError
 from pytest_memdb.messages import ASYNC_SESSION_IN_DEF_TEST
+from pytest_memdb.options import add_options
 from pytest_memdb.plugin import hooks, mistakes, postgresql, state
 from pytest_memdb.plugin.boundaries import check_layers
 from pytest_memdb.plugin.collection import find_mistakes, first_function_scoped
 from pytest_memdb.plugin.nesting import announce, nested_in
 from pytest_memdb.plugin.opening import innermost_layer, open_database, open_layer
-from pytest_memdb.plugin.options import add_options
 from pytest_memdb.plugin.report import sources
 from pytest_memdb.plugin.state import (
     STATS_OUTPUT,

@@ -76,7 +76,6 @@ import asyncio
 import contextlib
 import itertools
 import re
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -95,6 +94,8 @@ from pytest_memdb.core.write_lock import WriteLock
 from pytest_memdb.postgresql.clones import APPLICATION, ClonePool, quote
 
 _await = getattr(util, "await_", None) or util.await_only
+
+
 OUTER = "memdb_outer"
 _NO_SAVEPOINT = (pq.TransactionStatus.INERROR, pq.TransactionStatus.IDLE)
 """Where a transaction gets no savepoint: an aborted one, or none (the outer one ended; the
@@ -330,7 +331,7 @@ class HeldSession:
         self._names = itertools.count(1)
         self._stack: list[_Savepoint] = []
         """The savepoints above ``memdb_outer``, oldest first, as PostgreSQL has them."""
-        self._write_lock = WriteLock()
+        self._write_lock = WriteLock(wait_s=lambda: lock_timeout_s, error=_WriteWait)
         self._writer: int | None = None
         """The SQLAlchemy connection (its id) holding the write lock."""
         self._writes = 0
@@ -555,9 +556,8 @@ class HeldSession:
                 try:
                     wait = self._wait_async if kind == "async" else self._write_lock.wait_blocking
                     wait()
-                except sqlite3.OperationalError as error:
-                    reason = str(error).removeprefix("database is locked: ")
-                    raise exc.OperationalError(statement, params, _WriteWait(reason)) from None
+                except _WriteWait as error:
+                    raise exc.OperationalError(statement, params, error) from None
             self._write_lock.taken(kind)
             self._writer = key
             self._push(key, run)  # its ROLLBACK TO undoes its writes and no one else's

@@ -64,6 +64,7 @@ from pytest_memdb.core.collector import collection_paused
 from pytest_memdb.core.statements import leading_verb
 from pytest_memdb.core.write_lock import Engine as EngineKind
 from pytest_memdb.core.write_lock import WriteLock
+from pytest_memdb.sqlite import connections
 from pytest_memdb.sqlite.connections import TrackedConnection, connect, leaves_connection_state
 from pytest_memdb.sqlite.dumps import save_connection_view
 from pytest_memdb.sqlite.engines import CLOSE_WAIT_S, MemdbAioConnection, listeners
@@ -72,6 +73,13 @@ from pytest_memdb.sqlite.memory import MemoryDatabase
 from pytest_memdb.sqlite.pragmas import Pragmas, apply_pragmas
 
 _await = getattr(util, "await_", None) or util.await_only
+
+
+def _locked(reason: str) -> Exception:
+    """A write lock wait that failed, as SQLite's own lock is reported."""
+    return sqlite3.OperationalError(f"database is locked: {reason}")
+
+
 _READ_VERBS = frozenset({"SELECT", "WITH", "EXPLAIN", "VALUES"})
 OUTER = "memdb_outer"
 _LISTENERS_CHANGED = "pytest-memdb: connect listeners changed"
@@ -168,7 +176,7 @@ class SharedConnection:
         self._pragmas = pragmas
         self._disposing = False
         self.raw = self._open_raw()
-        self._write_lock = WriteLock()
+        self._write_lock = WriteLock(wait_s=lambda: connections.BUSY_TIMEOUT_S, error=_locked)
         self._savepoints: dict[int, str] = {}
         self._warned: set[str] = set()
         """Statements the running test was warned of (:meth:`_notice_ignored_pragma`)."""
