@@ -459,3 +459,50 @@ def test_takeover_alone_gives_an_empty_template(pytester: pytest.Pytester, isola
     result = run(pytester)
     result.assert_outcomes(passed=2)
     no_database_files(pytester)
+
+
+RESET_CONFTEST = """
+    import pytest
+    from sqlalchemy import create_engine
+
+    ENGINE = create_engine("sqlite:///./test.db")
+
+
+    @pytest.fixture
+    def app_engine():
+        return ENGINE
+"""
+
+RESET_TESTS = """
+    from sqlalchemy import func, select, text
+
+    from app.models import Item
+
+
+    def test_reset_with_a_taken_over_connection_open(memdb, app_engine):
+        for example in range(3):
+            memdb.reset()
+            held = app_engine.connect()  # the app keeps a connection
+            assert held.scalar(select(func.count()).select_from(Item)) == 0, example
+            held.execute(text("INSERT INTO item (name) VALUES ('x')"))
+            held.commit()
+            held.execute(text("INSERT INTO item (name) VALUES ('y')"))  # a write left open
+"""
+
+
+@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+def test_a_reset_closes_the_taken_over_connections_first(
+    pytester: pytest.Pytester, isolation: str
+) -> None:
+    """``memdb.reset()`` ends the test's taken-over connections first, as the test's end
+    does: a write one of them held open stopped the restore (``cannot be reset``)."""
+    project(pytester, {"conftest.py": RESET_CONFTEST, "test_reset.py": RESET_TESTS})
+    write_ini(
+        pytester,
+        memdb_metadata="app.models:Base",
+        memdb_isolation=isolation,
+        memdb_takeover="sqlite:///./test.db",
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    no_database_files(pytester)

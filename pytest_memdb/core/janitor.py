@@ -59,6 +59,7 @@ class MemdbHandle:
         self._restart = restart
         self._sessions: list[weakref.ref[AsyncSession | orm.Session]] = []
         """The sessions :meth:`session` and :meth:`sync_session` made, closed by a reset."""
+        self._around_reset: list[tuple[Callable[[], None], Callable[[EngineSource], None]]] = []
 
     @property
     def engines_handed(self) -> EngineSource:
@@ -154,11 +155,24 @@ class MemdbHandle:
         self._sessions = [weakref.ref(made) for made in alive]
         return alive
 
+    def around_reset(
+        self, before: Callable[[], None], after: Callable[[EngineSource], None]
+    ) -> None:
+        """Have ``before`` run at each reset before the database is restored, and ``after``
+        with the engines the test has after it: what the plugin does at the test's end and
+        start for this handle (``memdb_takeover``'s connections closed, then the suite's
+        engines pointed at it again), a reset does too."""
+        self._around_reset.append((before, after))
+
     def _begin_again(self) -> None:
         if self._closed or self._restart is None:
             raise MemdbError(f"pytest-memdb: {self.name} cannot be reset: it was handed back.")
+        for before, _ in self._around_reset:
+            before()
         self._engines, self._save = self._restart()
         self._rebind()
+        for _, after in self._around_reset:
+            after(self._engines)
 
     def _rebind(self) -> None:
         """Point this handle's sessionmakers and sessions at the engines the test has now.

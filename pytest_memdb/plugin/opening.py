@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Collection, Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,6 +23,7 @@ from pytest_memdb.plugin.state import current_item_key, open_handles_key, settin
 if TYPE_CHECKING:
     from pytest_memdb.core.janitor import MemdbHandle
     from pytest_memdb.core.layers import MemdbLayer, Writer
+    from pytest_memdb.integrations.takeover import Takeover
 
 
 def open_database(
@@ -62,8 +64,8 @@ def open_database(
         guard.allow(handle.name)
     try:
         if takeover is not None:  # the suite's own engines connect to this database now
-            for message in takeover.begin(handle.engines_handed):
-                warnings.warn(MemdbWarning(message), stacklevel=1)
+            _take_over(takeover, handle.engines_handed)
+            handle.around_reset(takeover.end, partial(_take_over, takeover))  # as at the end
         if wanted.bind:
             binder = registry.binder(wanted.bind, wanted.bind_origin)
             try:
@@ -140,3 +142,9 @@ def innermost_layer(request: pytest.FixtureRequest) -> MemdbLayer | None:
             found: MemdbLayer = request.getfixturevalue(name)
             return found
     return None
+
+
+def _take_over(takeover: Takeover, engines: object) -> None:
+    """The suite's own engines connect to ``engines``' database from now on."""
+    for message in takeover.begin(engines):
+        warnings.warn(MemdbWarning(message), stacklevel=2)
