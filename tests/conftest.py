@@ -81,3 +81,14 @@ def pg_server() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def switch(request: pytest.FixtureRequest) -> list[str]:
+    """An inner run's arguments for one backend: nothing for SQLite, the switch to the
+    ``pg_server`` fixture's server else (a test parametrized over both backends asks for it;
+    :mod:`tests.test_postgresql_switch` has its own, the same)."""
+    if request.param == "sqlite":
+        return []
+    server = request.getfixturevalue("pg_server")
+    return [f"--memdb-postgresql={server.url('postgres', 'psycopg')}"]

@@ -8,20 +8,29 @@ wrote nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import sqlite3
+import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.helpers import write_ini
+from tests.helpers import APP_USER_MODELS, write_ini
 
 pytestmark = pytest.mark.usefixtures("app_db")
 
 MODES = ["copy", "rollback", "session"]
 BASE = ["ada", "brian", "grace"]
-KEPT = re.compile(r"^(?P<fixture>\w+): the database as the test left it is in (?P<path>.+)$")
+KEPT = re.compile(
+    r"^(?P<fixture>\w+): the database as the test left it(?: \([^)]*\))? is in (?P<path>.+)$"
+)
 
 TESTS = """
 import pytest
@@ -67,46 +76,149 @@ def kept(lines: list[str]) -> dict[str, str]:
     return found
 
 
-def names_in(path: Path) -> list[str]:
-    """The ``user`` names in a dump, after checking that it is a sound SQLite file."""
+def names_in(path: Path, table: str = "user") -> list[str]:
+    """The ``table`` names in a dump, after checking that it is a sound SQLite file."""
     assert path.read_bytes()[:16] == b"SQLite format 3\x00"
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        return [row[0] for row in conn.execute("SELECT name FROM user ORDER BY id")]
+        return [row[0] for row in conn.execute(f"SELECT name FROM {table} ORDER BY id")]
     finally:
         conn.close()
 
 
-@pytest.mark.parametrize("isolation", MODES)
-def test_failing_tests_leave_their_database(pytester: pytest.Pytester, isolation: str) -> None:
-    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
-    pytester.makepyfile(test_keep=TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--memdb-keep-failed", "dumps")
+BOTH = """
+import pytest
+from sqlalchemy import text
+
+INSERT = text("INSERT INTO app_user (name) VALUES (:name)")
+
+
+async def test_body_fails(memdb_session):
+    await memdb_session.execute(INSERT, {"name": "body"})
+    await memdb_session.commit()
+    assert 1 + 1 == 3, "the body failed"
+
+
+def test_passes(memdb_sync_session):
+    memdb_sync_session.execute(INSERT, {"name": "passing"})
+    memdb_sync_session.commit()
+
+
+@pytest.fixture
+def breaks_after_memdb(memdb, memdb_sync_session):
+    memdb_sync_session.execute(INSERT, {"name": "setup"})
+    memdb_sync_session.commit()
+    raise RuntimeError("the fixture broke")
+
+
+def test_setup_error(breaks_after_memdb):
+    pass
+
+
+def test_fails_without_memdb():
+    assert False
+"""
+""":data:`TESTS` on a project both backends build (models and a seed, no SQLite file)."""
+
+SEED = "INSERT INTO app_user (name) VALUES ('ada'), ('brian'), ('grace');\n"
+
+
+def names_in_sql(path: Path, server: Any) -> list[str]:
+    """The ``app_user`` names in a PostgreSQL dump, loaded as the docs say (``createdb``,
+    ``psql -f``) into a new database on ``server``, with every statement required to work."""
+    assert path.read_text().startswith("-- pytest-memdb --memdb-keep-failed: ")
+    name = f"kept_{uuid.uuid4().hex[:8]}"
+    with server_connection(server) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        psql = shutil.which("psql") or server.binaries.tool("psql")
+        url = make_url(server.url(name, "psycopg"))
+        done = subprocess.run(
+            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", url.query["host"],
+             "-p", str(url.query.get("port", 5432)), "-U", url.username, "-d", name,
+             "-f", str(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        with server_connection(server, name) as conn:
+            rows = conn.execute("SELECT name FROM app_user ORDER BY id").fetchall()
+            # the sequence goes on where the test left it: a new row does not collide
+            conn.execute("INSERT INTO app_user (name) VALUES ('after')")
+        return [row[0] for row in rows]
+    finally:
+        with server_connection(server) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def server_connection(server: Any, database: str = "postgres") -> Iterator[Any]:
+    import psycopg
+
+    url = make_url(server.url(database, "psycopg"))
+    with psycopg.connect(
+        host=url.query["host"], port=url.query.get("port"), user=url.username,
+        dbname=database, autocommit=True,
+    ) as conn:  # fmt: skip
+        yield conn
+
+
+def _project(pytester: pytest.Pytester, isolation: str, tests: str) -> None:
+    """An inner project both backends build: models and a seed, no SQLite file."""
+    pytester.makepyfile(models=APP_USER_MODELS, test_keep=tests)
+    (pytester.path / "seed.sql").write_text(SEED)
+    write_ini(
+        pytester,
+        memdb_metadata="models:Base",
+        memdb_load="seed.sql",
+        memdb_isolation=isolation,
+        pythonpath=".",
+    )
+
+
+def _reader(switch: list[str], request: pytest.FixtureRequest) -> tuple[str, Any]:
+    """The file suffix of a backend's dumps, and how to read the names in one."""
+    if switch:
+        server = request.getfixturevalue("pg_server")
+        return ".sql", lambda path: names_in_sql(path, server)
+    return ".sqlite", lambda path: names_in(path, "app_user")
+
+
+BACKENDS_AND_MODES = [
+    *(pytest.param("sqlite", mode, id=f"sqlite-{mode}") for mode in MODES),
+    *(pytest.param("postgresql", mode, id=f"postgresql-{mode}") for mode in ("copy", "rollback")),
+]
+"""PostgreSQL's session mode dumps as copy's does (a clone of its own, by pg_dump): left out
+to keep the run short."""
+
+
+@pytest.mark.parametrize(("switch", "isolation"), BACKENDS_AND_MODES, indirect=["switch"])
+def test_failing_tests_leave_their_database(
+    pytester: pytest.Pytester, isolation: str, switch: list[str], request: pytest.FixtureRequest
+) -> None:
+    """On PostgreSQL, a ``.sql`` file that ``psql -f`` loads into a new database."""
+    _project(pytester, isolation, BOTH)
+    result = pytester.runpytest(*switch, "-p", "no:cacheprovider", "--memdb-keep-failed", "dumps")
     result.assert_outcomes(passed=1, failed=2, errors=1)
 
+    suffix, read = _reader(switch, request)
     dumps = pytester.path / "dumps"
-    body = dumps / "test_keep.py_test_body_fails.sqlite"
-    setup = dumps / "test_keep.py_test_setup_error.sqlite"
+    body = dumps / f"test_keep.py_test_body_fails{suffix}"
+    setup = dumps / f"test_keep.py_test_setup_error{suffix}"
     assert sorted(p.name for p in dumps.iterdir()) == sorted([body.name, setup.name])
-    assert names_in(body) == [*BASE, "body"]
+    assert read(body) == [*BASE, "body"]
     # session isolation keeps every earlier test's writes (the passing test's included)
     expected_setup = (
-        [*BASE, "body", "passing", "setup"]
-        if isolation == "session"
-        else [
-            *BASE,
-            "setup",
-        ]
+        [*BASE, "body", "passing", "setup"] if isolation == "session" else [*BASE, "setup"]
     )
-    assert names_in(setup) == expected_setup
+    assert read(setup) == expected_setup
     assert kept(result.outlines) == {str(body): "memdb", str(setup): "memdb"}
     result.stdout.fnmatch_lines(
         [
             "*_ test_body_fails _*",
             "*the body failed*",
             "*- pytest-memdb: database kept -*",
-            f"memdb: the database as the test left it is in {body}",
+            f"memdb: the database as the test left it* is in {body}",
         ]
     )
 
@@ -276,7 +388,7 @@ UNCOMMITTED = """
 import pytest
 from sqlalchemy import text
 
-INSERT = text("INSERT INTO user (name) VALUES (:name)")
+INSERT = text("INSERT INTO app_user (name) VALUES (:name)")
 
 
 async def test_left_uncommitted(memdb, memdb_session, memdb_sessionmaker):
@@ -288,27 +400,40 @@ async def test_left_uncommitted(memdb, memdb_session, memdb_sessionmaker):
 
 
 def test_next_test_runs(memdb_sync_session):
-    names = list(memdb_sync_session.scalars(text("SELECT name FROM user")))
+    names = list(memdb_sync_session.scalars(text("SELECT name FROM app_user")))
     assert "pending" not in names
 """
 
 
-@pytest.mark.parametrize("isolation", MODES)
+@pytest.mark.parametrize(("switch", "isolation"), BACKENDS_AND_MODES, indirect=["switch"])
 def test_uncommitted_write_does_not_hang_the_dump(
-    pytester: pytest.Pytester, isolation: str
+    pytester: pytest.Pytester, isolation: str, switch: list[str], request: pytest.FixtureRequest
 ) -> None:
-    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
-    pytester.makepyfile(test_pending=UNCOMMITTED)
+    _project(pytester, isolation, UNCOMMITTED)
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--memdb-keep-failed", "dumps", timeout=30
+        *switch, "-p", "no:cacheprovider", "--memdb-keep-failed", "dumps", timeout=60
     )
     result.assert_outcomes(failed=1, passed=1)
-    path = pytester.path / "dumps" / "test_pending.py_test_left_uncommitted.sqlite"
-    # Rollback mode: one connection holds the test's view. Copy and session modes: SQLite's
-    # memdb lets nobody read past the pending write, so the session that holds it is
-    # written out, its committed and its pending rows.
-    assert names_in(path) == [*BASE, "committed", "pending"]
-    if isolation != "rollback":
+    suffix, read = _reader(switch, request)
+    path = pytester.path / "dumps" / f"test_keep.py_test_left_uncommitted{suffix}"
+    if switch and isolation == "copy":
+        # PostgreSQL, a clone of the test's own: pg_dump is another connection, which sees
+        # what was committed and is not held up by the pending write.
+        assert read(path) == [*BASE, "committed"]
+        result.stdout.fnmatch_lines(
+            [f"memdb: the database as the test left it (committed writes only) is in {path}"]
+        )
+        return
+    # Rollback mode: one connection holds the test's view (on PostgreSQL, read through the
+    # held session). Copy and session modes on SQLite: SQLite's memdb lets nobody read past
+    # the pending write, so the session that holds it is written out, its committed and its
+    # pending rows.
+    assert read(path) == [*BASE, "committed", "pending"]
+    if switch:
+        result.stdout.fnmatch_lines(
+            [f"memdb: the database as the test left it (uncommitted writes included) is in {path}"]
+        )
+    elif isolation != "rollback":
         result.stdout.fnmatch_lines(
             [
                 "memdb: the database as the test left it, with the uncommitted writes of the "
