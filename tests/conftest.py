@@ -9,7 +9,11 @@ import pytest
 
 # Import the plugin's heavy half once in the outer process: pytester restores sys.modules
 # after every in-process run, so without this each inner run would import SQLAlchemy anew.
-import pytest_memdb.core.registry  # noqa: F401
+# The PostgreSQL backend too: SQLAlchemy's PostgreSQL dialect, imported anew by each inner
+# run on PostgreSQL, warns that its functions are registered twice.
+import pytest_memdb.core.registry
+import pytest_memdb.postgresql.backend
+import pytest_memdb.postgresql.dumps  # noqa: F401
 from tests.helpers import INNER_ADDOPTS, make_sqlite
 
 RUN_SLOW_ENV = "MEMDB_RUN_SLOW"
