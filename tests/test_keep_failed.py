@@ -549,3 +549,76 @@ def test_connection_view_includes_its_open_transaction(tmp_path: Path, serialize
         database.close()
     assert names_in(path) == ["before", "released", "pending"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["view.sqlite"]
+
+
+AWKWARD_MODELS = """
+from sqlalchemy import Computed, ForeignKey, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "app_user"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    shout: Mapped[str] = mapped_column(String(50), Computed("upper(name)", persisted=True))
+    mentor_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+
+
+class Note(Base):
+    __tablename__ = "Odd Note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"))
+    body: Mapped[str | None]
+"""
+
+AWKWARD = """
+from sqlalchemy import text
+
+from models import Note, User
+
+
+def test_fails(memdb_sync_session):
+    s = memdb_sync_session
+    odd = User(name="tab\\there\\nnewline \\\\ back")
+    s.add(odd)
+    s.flush()
+    mentee = User(name="mentee", mentor_id=odd.id)
+    s.add(mentee)
+    s.flush()
+    s.add_all([Note(user_id=mentee.id, body=None), Note(user_id=odd.id, body="ünïcode")])
+    s.commit()
+    s.execute(text("CREATE TABLE made_here (x int)"))
+    s.execute(text("INSERT INTO app_user (name) VALUES ('pending')"))
+    assert False
+"""
+
+
+def test_a_rollback_dump_loads_whatever_the_rows_hold(
+    pytester: pytest.Pytester, pg_server: Any
+) -> None:
+    """PostgreSQL's rollback mode: the rows are read through the held session, between
+    pg_dump's schema and its constraints: a self-referencing foreign key, a generated
+    column, a quoted table name, NULL, tabs, newlines, backslashes and non-ASCII text load
+    back as they were, with the session's pending row, and the sequence goes on after them.
+    A table the test created in its transaction is not in the template's schema: named."""
+    pytester.makepyfile(models=AWKWARD_MODELS, test_keep=AWKWARD)
+    (pytester.path / "seed.sql").write_text(SEED)
+    write_ini(pytester, memdb_metadata="models:Base", memdb_load="seed.sql",
+              memdb_isolation="rollback", pythonpath=".")  # fmt: skip
+    url = pg_server.url("postgres", "psycopg")
+    result = pytester.runpytest(f"--memdb-postgresql={url}", "--memdb-keep-failed", "dumps")
+    result.assert_outcomes(failed=1)
+    path = pytester.path / "dumps" / "test_keep.py_test_fails.sql"
+    result.stdout.fnmatch_lines(
+        [
+            "memdb: the database as the test left it (uncommitted writes included; not the "
+            f"tables it created: public.made_here) is in {path}"
+        ]
+    )
+    assert names_in_sql(path, pg_server) == [
+        *BASE, "tab\there\nnewline \\ back", "mentee", "pending"
+    ]  # fmt: skip
