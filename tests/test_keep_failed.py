@@ -632,3 +632,19 @@ def test_a_rollback_dump_loads_whatever_the_rows_hold(
     assert names_in_sql(path, pg_server) == [
         *BASE, "tab\there\nnewline \\ back", "mentee", "pending"
     ]  # fmt: skip
+
+
+def test_without_a_recent_enough_pg_dump_the_error_lists_where_it_looked() -> None:
+    """A server newer than every ``pg_dump`` installed (an older one refuses it): the error
+    names each place looked at and what was there, and what to install."""
+    from pytest_memdb.errors import MemdbError
+    from pytest_memdb.postgresql.dumps import find_pg_dump
+
+    with pytest.raises(MemdbError) as raised:
+        find_pg_dump(990000)  # PostgreSQL 99
+    message = str(raised.value)
+    assert "no pg_dump of version 99 or later was found" in message
+    assert re.search(r"  - \S+/pg_dump \(PATH\): pg_dump \(PostgreSQL\) \d+.*too old", message)
+    assert "  - no pg_dump in " in message  # the folders without one, on one line
+    assert "/opt/homebrew/opt/postgresql@*/bin" in message
+    assert "apt-get install postgresql-client-99" in message

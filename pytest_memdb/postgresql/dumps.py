@@ -90,6 +90,7 @@ def find_pg_dump(server_version: int) -> Path:
     Raises :class:`MemdbError` listing every place looked at, and what was found there."""
     server_major = server_version // 10000
     looked: list[str] = []
+    missing: list[str] = []
     seen: set[Path] = set()
     for how, folder in _candidates(None, None):
         program = folder / "pg_dump"
@@ -97,7 +98,7 @@ def find_pg_dump(server_version: int) -> Path:
             continue
         seen.add(program)
         if not (program.is_file() and os.access(program, os.X_OK)):
-            looked.append(f"  - {folder} ({how}): no pg_dump")
+            missing.append(str(folder))
             continue
         try:
             out = subprocess.run(
@@ -112,8 +113,10 @@ def find_pg_dump(server_version: int) -> Path:
         looked.append(f"  - {program} ({how}): {out.strip() or 'no version'}, too old")
     raise MemdbError(
         f"pytest-memdb: --memdb-keep-failed writes a PostgreSQL database with pg_dump, and no "
-        f"pg_dump of version {server_major} or later was found:\n" + "\n".join(looked) + "\n"
-        f"Install PostgreSQL's client programs of version {server_major} or later "
+        f"pg_dump of version {server_major} or later was found:\n"
+        + "".join(f"{line}\n" for line in looked)
+        + f"  - no pg_dump in {', '.join(missing)} (PATH, pg_config, the usual folders)\n"
+        + f"Install PostgreSQL's client programs of version {server_major} or later "
         f"(Debian/Ubuntu: `apt-get install postgresql-client-{server_major}`; macOS: "
         "`brew install libpq`) and put their folder on PATH, or run without "
         "--memdb-keep-failed."
