@@ -65,10 +65,11 @@ SELECT format('%I.%I', n.nspname, c.relname),
            AND a.attgenerated = '')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'r' AND n.nspname <> 'information_schema'
-   AND n.nspname NOT LIKE 'pg\\_%' AND c.relpersistence = 'p'
+   AND n.nspname NOT LIKE 'pg\\_%' AND c.relpersistence <> 't'
  ORDER BY 1
 """
-"""The ordinary tables outside the system schemas, with their columns as ``COPY`` lists them
+"""The tables outside the system schemas (unlogged ones too, as ``pg_dump`` has them; not
+temporary ones), with their columns as ``COPY`` lists them
 (generated columns left out: ``COPY FROM`` refuses them)."""
 
 _SEQUENCES = (
