@@ -124,9 +124,10 @@ def test_fails_without_memdb():
 SEED = "INSERT INTO app_user (name) VALUES ('ada'), ('brian'), ('grace');\n"
 
 
-def names_in_sql(path: Path, server: Any) -> list[str]:
+def names_in_sql(path: Path, server: Any, also: str | None = None) -> list[Any]:
     """The ``app_user`` names in a PostgreSQL dump, loaded as the docs say (``createdb``,
-    ``psql -f``) into a new database on ``server``, with every statement required to work."""
+    ``psql -f``) into a new database on ``server``, with every statement required to work;
+    then the rows of query ``also``, when given."""
     assert path.read_text().startswith("-- pytest-memdb --memdb-keep-failed: ")
     name = f"kept_{uuid.uuid4().hex[:8]}"
     with server_connection(server) as conn:
@@ -145,6 +146,8 @@ def names_in_sql(path: Path, server: Any) -> list[str]:
             rows = conn.execute("SELECT name FROM app_user ORDER BY id").fetchall()
             # the sequence goes on where the test left it: a new row does not collide
             conn.execute("INSERT INTO app_user (name) VALUES ('after')")
+            if also is not None:
+                return [[row[0] for row in rows], conn.execute(also).fetchall()]
         return [row[0] for row in rows]
     finally:
         with server_connection(server) as conn:
@@ -580,6 +583,7 @@ class User(Base):
 
 class Note(Base):
     __tablename__ = "Odd Note"
+    __table_args__ = {"prefixes": ["UNLOGGED"]}
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"))
     body: Mapped[str | None]
@@ -612,7 +616,7 @@ def test_a_rollback_dump_loads_whatever_the_rows_hold(
 ) -> None:
     """PostgreSQL's rollback mode: the rows are read through the held session, between
     pg_dump's schema and its constraints: a self-referencing foreign key, a generated
-    column, a quoted table name, NULL, tabs, newlines, backslashes and non-ASCII text load
+    column, a quoted unlogged table, NULL, tabs, newlines, backslashes and non-ASCII text load
     back as they were, with the session's pending row, and the sequence goes on after them.
     A table the test created in its transaction is not in the template's schema: named."""
     pytester.makepyfile(models=AWKWARD_MODELS, test_keep=AWKWARD)
@@ -629,9 +633,9 @@ def test_a_rollback_dump_loads_whatever_the_rows_hold(
             f"tables it created: public.made_here) is in {path}"
         ]
     )
-    assert names_in_sql(path, pg_server) == [
-        *BASE, "tab\there\nnewline \\ back", "mentee", "pending"
-    ]  # fmt: skip
+    names, notes = names_in_sql(path, pg_server, 'SELECT user_id, body FROM "Odd Note" ORDER BY id')
+    assert names == [*BASE, "tab\there\nnewline \\ back", "mentee", "pending"]
+    assert notes == [(5, None), (4, "ünïcode")]  # an UNLOGGED table's rows too
 
 
 def test_without_a_recent_enough_pg_dump_the_error_lists_where_it_looked() -> None:
