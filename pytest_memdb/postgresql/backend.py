@@ -25,8 +25,8 @@ PostgreSQL's own means:
 
 Not on PostgreSQL yet (each a clear error when asked for): a SQLite fixture file as the
 source (give a ``.sql`` dump in ``memdb_load``), Alembic migrations, layers;
-``--memdb-keep-failed`` and ``memdb_takeover`` stop the run at start-up
-(:mod:`pytest_memdb.core.config`)."""
+``memdb_takeover`` stops the run at start-up (:mod:`pytest_memdb.core.config`).
+``--memdb-keep-failed`` writes a ``.sql`` file (:mod:`pytest_memdb.postgresql.dumps`)."""
 
 from __future__ import annotations
 
