@@ -89,7 +89,7 @@ def test_strict_mode_fails_tests_that_open_another_sqlite_database(
         ]
     )
     result.stdout.fnmatch_lines(["*opened the SQLite database ':memory:'*"])
-    result.stdout.fnmatch_lines(["memdb: file=*, strict=on (memdb_strict)"])  # the header
+    result.stdout.fnmatch_lines(["memdb: metadata=*, strict=on (memdb_strict)"])  # the header
 
 
 OTHER_POSTGRESQL = """
