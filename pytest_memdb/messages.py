@@ -311,9 +311,10 @@ RESET_BLOCKED = _message(
 
 STRICT = _message(
     "strict",
-    "pytest-memdb (memdb_strict): {who} opened the SQLite database {database!r} through "
+    "pytest-memdb (memdb_strict): {who} opened the {kind} database {database!r} through "
     "SQLAlchemy, which is not one of {whose}, at {where}. {advice}{nested}",
     who="this test",
+    kind="SQLite",
     database="/src/app/app.db",
     whose="its memdb databases (memdb-main-4711-3f2a9c1e-3)",
     where="/src/app/tests/test_api.py:12 (test_list_books)",

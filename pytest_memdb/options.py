@@ -70,7 +70,7 @@ def add_options(parser: pytest.Parser) -> None:
         dest="memdb_keep_failed",
         metavar="DIR",
         help="Write the database of each failing test to DIR/<test id>.sqlite, as it was "
-        "at the failure.",
+        "at the failure (on PostgreSQL: DIR/<test id>.sql, by pg_dump).",
     )
     group.addoption(
         "--memdb-cache",

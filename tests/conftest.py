@@ -9,7 +9,11 @@ import pytest
 
 # Import the plugin's heavy half once in the outer process: pytester restores sys.modules
 # after every in-process run, so without this each inner run would import SQLAlchemy anew.
-import pytest_memdb.core.registry  # noqa: F401
+# The PostgreSQL backend too: SQLAlchemy's PostgreSQL dialect, imported anew by each inner
+# run on PostgreSQL, warns that its functions are registered twice.
+import pytest_memdb.core.registry
+import pytest_memdb.postgresql.backend
+import pytest_memdb.postgresql.dumps  # noqa: F401
 from tests.helpers import INNER_ADDOPTS, make_sqlite
 
 RUN_SLOW_ENV = "MEMDB_RUN_SLOW"
@@ -81,3 +85,13 @@ def pg_server() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def switch(request: pytest.FixtureRequest) -> list[str]:
+    """An inner run's arguments for one backend: nothing for SQLite, the switch to the
+    ``pg_server`` fixture's server else (a test parametrized over both backends asks for it)."""
+    if request.param == "sqlite":
+        return []
+    server = request.getfixturevalue("pg_server")
+    return [f"--memdb-postgresql={server.url('postgres', 'psycopg')}"]

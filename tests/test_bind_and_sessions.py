@@ -288,7 +288,11 @@ ASYNC_OBJECTS = 8
 
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
-def test_ini_bind_fastapi_asgi_transport(pytester: pytest.Pytester, isolation: str) -> None:
+def test_ini_bind_fastapi_asgi_transport(
+    pytester: pytest.Pytester, isolation: str, switch: list[str]
+) -> None:
+    """On PostgreSQL too: the app's engine on its SQLite file is swapped for the test's
+    PostgreSQL database, and put back."""
     async_app(pytester, **{"test_app.py": ASYNC_TESTS})
     write_ini(
         pytester,
@@ -297,7 +301,7 @@ def test_ini_bind_fastapi_asgi_transport(pytester: pytest.Pytester, isolation: s
         memdb_isolation=isolation,
         memdb_bind=ALL_BOUND,
     )
-    result = run(pytester)
+    result = run(pytester, *switch)
     result.assert_outcomes(passed=8)
     assert_restored(result, ASYNC_OBJECTS)
     assert not (pytester.path / "real.db").exists()
@@ -418,21 +422,24 @@ SYNC_TESTS = """
 """
 
 
-@pytest.mark.parametrize("isolation", ["copy", "rollback"])
+ALL_SYNC = "\n    app.db:engine\n    app.db:SessionLocal\n    app.db:db_session"
+
+
 @pytest.mark.parametrize(
-    "bind",
+    ("switch", "isolation", "bind"),
     [
-        pytest.param(
-            "\n    app.db:engine\n    app.db:SessionLocal\n    app.db:db_session", id="all"
+        *(
+            pytest.param("sqlite", isolation, bind, id=f"sqlite-{isolation}-{label}")
+            for isolation in ("copy", "rollback")
+            for label, bind in (("all", ALL_SYNC), ("engine-only", "app.db:engine"))
         ),
-        pytest.param(
-            "app.db:engine",
-            id="engine-only",
-        ),
+        # Starlette's TestClient runs the app in its portal thread: on rollback's held session
+        pytest.param("postgresql", "rollback", ALL_SYNC, id="postgresql-rollback-all"),
     ],
+    indirect=["switch"],
 )
 def test_ini_bind_starlette_testclient_sync(
-    pytester: pytest.Pytester, isolation: str, bind: str
+    pytester: pytest.Pytester, isolation: str, bind: str, switch: list[str]
 ) -> None:
     write(
         pytester,
@@ -453,7 +460,7 @@ def test_ini_bind_starlette_testclient_sync(
         memdb_isolation=isolation,
         memdb_bind=bind,
     )
-    result = run(pytester)
+    result = run(pytester, *switch)
     result.assert_outcomes(passed=4)
     # app.db: engine, SessionLocal, db_session; app.main: the same three; test_sync is not app.*
     assert_restored(result, 6)

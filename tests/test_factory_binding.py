@@ -259,14 +259,29 @@ def _project(pytester: pytest.Pytester, **ini: str) -> None:
 SUITE_TESTS = 11
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_factories_write_where_the_test_reads(pytester: pytest.Pytester, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("switch", "mode"),
+    [
+        *(pytest.param("sqlite", mode, id=f"sqlite-{mode}") for mode in MODES),
+        # a subprocess run on PostgreSQL: 6-10 s (rollback), 10-15 s (copy, a clone per
+        # test) with a CI run on the same 2 cores
+        *(
+            pytest.param("postgresql", mode, id=f"postgresql-{mode}", marks=pytest.mark.slow)
+            for mode in ("copy", "rollback")
+        ),
+    ],
+    indirect=["switch"],
+)
+def test_factories_write_where_the_test_reads(
+    pytester: pytest.Pytester, mode: str, switch: list[str]
+) -> None:
     """Every library, sync and async, every persistence, in each isolation mode; in copy
-    and rollback, no test sees another's rows (each checks it starts from none)."""
+    and rollback, no test sees another's rows (each checks it starts from none). On
+    PostgreSQL too: a clone per test, and rollback's held session."""
     _project(pytester, memdb_factories="app.factories", memdb_isolation=mode)
     pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:randomly", "-W", "error::ResourceWarning"
+        *switch, "-p", "no:cacheprovider", "-p", "no:randomly", "-W", "error::ResourceWarning"
     )
     result.assert_outcomes(passed=SUITE_TESTS)
     result.stdout.no_fnmatch_line("*Warning*")

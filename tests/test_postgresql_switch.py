@@ -23,15 +23,6 @@ EXAMPLES = ROOT / "docs" / "examples"
 EXAMPLE_TESTS = {"quickstart": 2, "fastapi-starlette": 3}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def switch(request: pytest.FixtureRequest) -> list[str]:
-    """The inner run's arguments for one backend: nothing for SQLite, the switch else."""
-    if request.param == "sqlite":
-        return []
-    server = request.getfixturevalue("pg_server")
-    return [f"--memdb-postgresql={server.url('postgres', 'psycopg')}"]
-
-
 def _example(pytester: pytest.Pytester, name: str) -> None:
     shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
 
@@ -298,26 +289,18 @@ def test_a_bad_switch_value_names_the_option(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--memdb-postgresql is 'mysql://x': give a PostgreSQL URL*"])
 
 
-@pytest.mark.parametrize(
-    ("line", "option"),
-    [
-        ("memdb_takeover = sqlite:///./app.db", "memdb_takeover in pytest.ini"),
-        (None, "--memdb-keep-failed"),
-    ],
-)
-def test_what_postgresql_cannot_do_yet_is_a_usage_error_at_start(
-    pytester: pytest.Pytester, line: str | None, option: str
+def test_takeover_is_a_usage_error_at_start_saying_what_to_use(
+    pytester: pytest.Pytester,
 ) -> None:
-    """``memdb_takeover`` and ``--memdb-keep-failed`` are SQLite's: with the switch the run
-    stops before any test, naming both options (they errored in every test's set-up, and
-    keep-failed ended the run with an INTERNALERROR at the first failure)."""
+    """``memdb_takeover`` is SQLite's: with the switch the run stops before any test, naming
+    the option, the switch and what to use instead (it errored in every test's set-up).
+    ``--memdb-keep-failed`` works on PostgreSQL (``tests/test_keep_failed.py``)."""
     _isolation_project(pytester, "copy")
-    if line is not None:
-        ini = pytester.path / "pytest.ini"
-        ini.write_text(f"{ini.read_text().rstrip()}\n{line}\n")
+    ini = pytester.path / "pytest.ini"
+    ini.write_text(f"{ini.read_text().rstrip()}\nmemdb_takeover = sqlite:///./app.db\n")
     args = ["--memdb-postgresql=postgresql+psycopg://nobody@/postgres?host=/nonexistent"]
-    if line is None:
-        args.append(f"--memdb-keep-failed={pytester.path / 'kept'}")
     result = pytester.runpytest_subprocess(*args, timeout=120)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
-    result.stderr.fnmatch_lines([f"*{option} works on SQLite only*--memdb-postgresql*"])
+    result.stderr.fnmatch_lines(
+        ["*memdb_takeover in pytest.ini works on SQLite only*--memdb-postgresql*memdb_bind*"]
+    )

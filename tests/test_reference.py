@@ -231,7 +231,7 @@ def test_the_fixtures_page_lists_every_fixture(pytester: pytest.Pytester) -> Non
 # --- the API -------------------------------------------------------------------------------
 
 INTERNAL: dict[str, set[str]] = {
-    "MemdbHandle": {"database", "engines_handed", "save", "close"},
+    "MemdbHandle": {"database", "engines_handed", "save", "close", "around_reset"},
     "MemdbLayer": {
         "broken",
         "label",

@@ -1,10 +1,13 @@
-"""``memdb_strict``: a test that reaches a SQLite database other than its own fails."""
+"""``memdb_strict``: a test that reaches a database other than its own fails (SQLite, and
+with ``memdb_postgresql`` PostgreSQL too)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tests.helpers import write_ini
+from tests.helpers import APP_USER_MODELS, write_ini
 
 pytestmark = pytest.mark.usefixtures("app_db")
 
@@ -27,7 +30,7 @@ def test_1_missed_engine_is_stopped_before_the_file_is_made(tmp_path):
 async def test_2_engines_on_memdb_url_are_allowed(memdb_url, memdb):
     engine = create_async_engine(memdb_url)
     async with engine.connect() as conn:
-        assert (await conn.execute(text("SELECT count(*) FROM user"))).scalar() == 3
+        assert (await conn.execute(text("SELECT count(*) FROM app_user"))).scalar() == 3
     await engine.dispose()
     sync = create_engine(memdb.sync_url)
     with sync.connect() as conn:
@@ -50,12 +53,30 @@ def test_4_without_memdb_at_all_is_checked_too(tmp_path):
 """
 
 
+SEED = "INSERT INTO app_user (name) VALUES ('ada'), ('brian'), ('grace');\n"
+
+
+def _project(pytester: pytest.Pytester, tests: str, **options: str) -> None:
+    """A strict project both backends build: models and a seed, no SQLite file."""
+    pytester.makepyfile(models=APP_USER_MODELS, test_strict=tests)
+    (pytester.path / "seed.sql").write_text(SEED)
+    write_ini(
+        pytester,
+        memdb_metadata="models:Base",
+        memdb_load="seed.sql",
+        memdb_strict="true",
+        pythonpath=".",
+        **options,
+    )
+
+
 def test_strict_mode_fails_tests_that_open_another_sqlite_database(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, switch: list[str]
 ) -> None:
-    write_ini(pytester, memdb_file="data/app.sqlite", memdb_strict="true")
-    pytester.makepyfile(test_strict=TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rE")
+    """On PostgreSQL too: none of the test's databases is a SQLite one (an engine still on
+    the app's ``sqlite:///app.db`` missed the swap), and ``memdb_url`` is the test's own."""
+    _project(pytester, TESTS)
+    result = pytester.runpytest(*switch, "-p", "no:cacheprovider", "-rE")
     # 1, 3 and 4 error at teardown, also where the test swallowed the error (1) or expected
     # it (3); 4 fails in its body too (an in-memory database is another database as well).
     result.assert_outcomes(passed=3, failed=1, errors=3)
@@ -68,7 +89,97 @@ def test_strict_mode_fails_tests_that_open_another_sqlite_database(
         ]
     )
     result.stdout.fnmatch_lines(["*opened the SQLite database ':memory:'*"])
-    result.stdout.fnmatch_lines(["memdb: file=*, strict=on (memdb_strict)"])  # the header
+    result.stdout.fnmatch_lines(["memdb: metadata=*, strict=on (memdb_strict)"])  # the header
+
+
+OTHER_POSTGRESQL = """
+import os
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+DEV_URL = os.environ["DEV_DATABASE_URL"]  # the app's settings: its dev database
+
+
+def test_1_the_apps_dev_database(memdb_sync_session):
+    engine = create_engine(DEV_URL)
+    try:
+        with engine.connect() as conn:  # here: test_1_the_apps_dev_database
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        pass  # an app that swallows errors must not hide it
+    engine.dispose()
+
+
+async def test_2_async_and_another_driver(memdb_session):
+    engine = create_async_engine(DEV_URL.replace("+psycopg", "+asyncpg"))
+    try:
+        async with engine.connect():  # here: test_2_async_and_another_driver
+            pass
+    finally:
+        await engine.dispose()
+
+
+def test_3_engines_on_memdb_url_are_allowed(memdb, memdb_url):
+    engine = create_engine(memdb.sync_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM app_user")).scalar() == 3
+    engine.dispose()
+
+
+def test_4_and_the_next_tests_clones_made_ahead_meanwhile(memdb_sync_session):
+    assert memdb_sync_session.execute(text("SELECT count(*) FROM app_user")).scalar() == 3
+
+
+def test_5_without_memdb_at_all_is_checked_too():
+    engine = create_engine(DEV_URL)
+    with engine.connect():
+        pass
+"""
+
+
+def test_strict_mode_on_postgresql_fails_tests_that_open_another_postgresql_database(
+    pytester: pytest.Pytester, pg_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the switch, a PostgreSQL database that is not one of the test's (the app's dev
+    database from its settings; here the server's ``postgres`` one) is refused before the
+    driver connects, by any driver, and the test errors at teardown naming the URL and
+    the line. The test's own clone by ``memdb_url`` is allowed, and so are the plugin's own
+    connections while a test runs (copy mode makes the next clone in the background)."""
+    dev = pg_server.url("postgres", "psycopg")
+    monkeypatch.setenv("DEV_DATABASE_URL", dev)
+    _project(pytester, OTHER_POSTGRESQL)
+    result = pytester.runpytest(f"--memdb-postgresql={dev}", "-p", "no:cacheprovider", "-rE")
+    result.assert_outcomes(passed=3, failed=2, errors=3)
+    shown = dev.replace("postgresql+psycopg://", "")
+    for number, line in enumerate(OTHER_POSTGRESQL.splitlines()):  # it starts with a newline
+        if "# here: " in line:
+            function = line.split("# here: ")[1]
+            result.stdout.fnmatch_lines(
+                [
+                    f"*ERROR at teardown of {function}*",
+                    "pytest-memdb (memdb_strict): this test opened the PostgreSQL database "
+                    f"'postgresql+*://{shown}' through SQLAlchemy, which is not one of its "
+                    f"memdb databases (memdb_*), at *test_strict.py:{number} ({function}). "
+                    "An engine the swap onto memdb missed? Name it (or the sessionmaker that "
+                    "uses it) in memdb_bind, or build it from memdb_url.",
+                ]
+            )
+    result.stdout.fnmatch_lines(
+        ["*this test opened the PostgreSQL database*which is not one of its memdb databases "
+         "(it has none)*test_5_without_memdb_at_all_is_checked_too*"]
+    )  # fmt: skip
+
+
+def test_without_the_switch_postgresql_connections_are_not_judged(
+    pytester: pytest.Pytester, pg_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite, strict mode judges SQLite connections only: a PostgreSQL database a test
+    uses (another plugin's, a service's) is not a swap onto SQLite that missed."""
+    monkeypatch.setenv("DEV_DATABASE_URL", pg_server.url("postgres", "psycopg"))
+    _project(pytester, OTHER_POSTGRESQL.split("async def test_2")[0])
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
 
 
 def test_without_strict_nothing_is_checked(pytester: pytest.Pytester) -> None:

@@ -220,18 +220,13 @@ class MemdbConfig:
         ini_postgresql = str(config.getini("memdb_postgresql") or "").strip()
         postgresql_origin = "--memdb-postgresql" if cli_postgresql else (where("memdb_postgresql"))
         postgresql = parse_postgresql(cli_postgresql or ini_postgresql, postgresql_origin)
-        if postgresql is not None:
-            sqlite_only = [
-                (takeover, takeover_origin, "use memdb_bind for the app's engines"),
-                (keep_failed, "--memdb-keep-failed", "keep a database with pg_dump instead"),
-            ]
-            for value, option, instead in sqlite_only:
-                if value:
-                    raise MemdbError(
-                        f"pytest-memdb: {option} works on SQLite only, and {postgresql_origin} "
-                        f"runs the databases on PostgreSQL: {instead}, or turn one of them "
-                        "off for this run."
-                    )
+        if postgresql is not None and takeover:
+            raise MemdbError(
+                f"pytest-memdb: {takeover_origin} works on SQLite only, and {postgresql_origin} "
+                "runs the databases on PostgreSQL: name the app's engines or sessionmakers in "
+                "memdb_bind instead (module:attribute), "
+                "or build them from the memdb_url fixture; or leave the switch off for this run."
+            )
         return cls(
             file,
             origin,

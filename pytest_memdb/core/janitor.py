@@ -9,6 +9,7 @@ import sqlite3
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -21,6 +22,17 @@ from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses, 
 from pytest_memdb.messages import TEST_ENDED
 from pytest_memdb.sqlite.dumps import save_committed, save_connection_view
 from pytest_memdb.sqlite.memory import MemoryDatabase
+
+
+@runtime_checkable
+class Dumps(Protocol):
+    """Engines that write their database out themselves (``--memdb-keep-failed``), as a file
+    of their backend's kind (PostgreSQL's: :mod:`pytest_memdb.postgresql.dumps`)."""
+
+    dump_suffix: str
+
+    def dump(self, path: Path) -> str:
+        """Write the database, as the test sees it now, to ``path``; what, in words."""
 
 
 class MemdbHandle:
@@ -200,15 +212,25 @@ class MemdbHandle:
         """Count or cap the statements run on this database (the ``memdb_queries`` fixture)."""
         return QueryCounter(self.name)
 
+    @property
+    def dump_suffix(self) -> str:
+        """What the file :meth:`save` writes ends with: ``.sqlite``, or the backend's
+        (PostgreSQL's ``.sql``)."""
+        return self._engines.dump_suffix if isinstance(self._engines, Dumps) else ".sqlite"
+
     def save(self, path: Path) -> str:
-        """Write this database, as the test sees it now, to ``path`` as a SQLite file.
+        """Write this database, as the test sees it now, to ``path`` (a SQLite file here).
 
         In ``rollback`` mode that includes what the test committed (which lives only
         inside the outer transaction) and its sessions' uncommitted writes; in the
         other modes, what was committed, or, when a session of the test still holds a
         write (SQLite's memdb then lets no other connection read), what that session sees:
-        the committed rows and its pending ones. Returns what was written, in words.
+        the committed rows and its pending ones. Returns what was written, in words. The
+        engines of a backend that writes its own kind of file (PostgreSQL's ``.sql``, by
+        ``pg_dump``) do all of it (:class:`Dumps`).
         """
+        if isinstance(self._engines, Dumps):
+            return self._engines.dump(path)
         if self._save is not None:
             self._save(path)
             return "the database as the test left it"

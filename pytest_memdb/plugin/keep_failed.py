@@ -26,8 +26,9 @@ _PLAIN_NODEID = re.compile(r"[A-Za-z0-9_./-]+(?:::[A-Za-z0-9_.-]+)*")
 MAX_STEM = 120
 
 
-def dump_path(directory: Path, nodeid: str, fixture: str) -> Path:
-    """``DIR/<sanitized test id>.sqlite`` (plus ``-<fixture>`` for a factory's database).
+def dump_path(directory: Path, nodeid: str, fixture: str, suffix: str = ".sqlite") -> Path:
+    """``DIR/<sanitized test id>.sqlite`` (plus ``-<fixture>`` for a factory's database);
+    ``suffix`` is the backend's (PostgreSQL's files are ``.sql``).
 
     Sanitizing loses information (``test[a/b]``, ``test[a b]`` and ``test[a_b]`` all
     read ``test_a_b``), so an id with anything but letters, digits, ``_.-``, ``/`` and
@@ -41,7 +42,7 @@ def dump_path(directory: Path, nodeid: str, fixture: str) -> Path:
         stem = f"{stem[: MAX_STEM - 11].rstrip('_.')}-{digest}"
     if fixture != "memdb":
         stem = f"{stem}-{_UNSAFE.sub('_', fixture)}"
-    return directory / f"{stem}.sqlite"
+    return directory / f"{stem}{suffix}"
 
 
 def keep_databases(
@@ -50,10 +51,10 @@ def keep_databases(
     """Write each database a failing test holds; one report line per database."""
     lines = []
     for fixture, handle in held:
-        path = dump_path(directory, item.nodeid, fixture)
+        path = dump_path(directory, item.nodeid, fixture, handle.dump_suffix)
         try:
             what = handle.save(path)
-        except MemdbError as exc:  # a database it cannot write (PostgreSQL): say why, go on
+        except MemdbError as exc:  # a database it cannot write (no pg_dump): say why, go on
             lines.append(f"{fixture}: {exc}")
         except (OSError, sqlite3.Error) as exc:
             lines.append(f"{fixture}: could not write the database to {path}: {exc}")

@@ -69,7 +69,10 @@ def strict_guard(config: pytest.Config) -> StrictGuard:
     if guard is None:
         from pytest_memdb.integrations.strict import StrictGuard
 
-        guard = StrictGuard(nested=config.stash.get(nested_key, None))
+        guard = StrictGuard(
+            nested=config.stash.get(nested_key, None),
+            postgresql=config.stash[settings_key].postgresql is not None,
+        )
         config.stash[strict_key] = guard
         config.add_cleanup(guard.close)
     return guard

@@ -29,8 +29,9 @@ as a SQLite file whose rows are copied into PostgreSQL's tables, Alembic migrati
 template database itself, then the models' tables, the load steps and the hook. A SQLite
 file together with migrations is refused (:func:`unsupported`).
 
-Not on PostgreSQL yet (each a clear error when asked for): layers; ``--memdb-keep-failed``
-and ``memdb_takeover`` stop the run at start-up (:mod:`pytest_memdb.core.config`)."""
+Not on PostgreSQL yet (each a clear error when asked for): layers; ``memdb_takeover`` stops
+the run at start-up (:mod:`pytest_memdb.core.config`). ``--memdb-keep-failed`` writes a
+``.sql`` file (:mod:`pytest_memdb.postgresql.dumps`)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.isolation import EngineSource
 from pytest_memdb.core.stats import MemdbStats
-from pytest_memdb.errors import MemdbError, MemdbWarning
+from pytest_memdb.errors import MemdbWarning
+from pytest_memdb.postgresql import dumps
 from pytest_memdb.postgresql.clones import ClonePool, Cluster
 from pytest_memdb.postgresql.rollback import (
     LOCK_TIMEOUT_S,
@@ -98,8 +99,10 @@ class MovableEngines:
     made in an earlier test's event loop get new ``asyncio`` locks at checkout
     (:func:`~pytest_memdb.postgresql.rollback.unbind_locks`)."""
 
-    def __init__(self, database: PgDatabase, *, echo: bool) -> None:
+    def __init__(self, database: PgDatabase, *, echo: bool, server_version: int = 0) -> None:
         self.database = database
+        self.server_version = server_version
+        """The server's ``server_version_num`` (the ``pg_dump`` it needs)."""
         url = database.url.set(drivername=DRIVER_SYNC)
         # no cap (max_overflow=-1): connections a test leaks must not make a later one wait
         self.async_engine: AsyncEngine = create_async_engine(
@@ -155,6 +158,14 @@ class MovableEngines:
         await self.async_engine.dispose()
         self.sync_engine.dispose()
 
+    dump_suffix = dumps.SUFFIX
+
+    def dump(self, path: Path) -> str:
+        """``--memdb-keep-failed`` in copy and session mode: ``pg_dump`` of the clone the
+        engines are on (:mod:`pytest_memdb.postgresql.dumps`); what the file holds."""
+        program = dumps.find_pg_dump(self.server_version)
+        return dumps.dump_database(program, self.database.url, path)
+
 
 class SharedSession:
     """Rollback mode's held session, as the handle and the strategies see it."""
@@ -195,8 +206,27 @@ class SharedSession:
             )
         return verdict.escape
 
+    dump_suffix = dumps.SUFFIX
+
+    def dump(self, path: Path) -> str:
+        """``--memdb-keep-failed``: what the held session sees, the test's uncommitted outer
+        transaction included, as a ``.sql`` file (:mod:`pytest_memdb.postgresql.dumps`):
+        the schema from a scratch clone of the template (the working database takes no
+        other connection), dropped afterwards. What the file holds, in words."""
+        program = dumps.find_pg_dump(self._cluster.server_version)
+        scratch = self._cluster.new_name("keep")
+        self._cluster.create(scratch, template=self.isolation.pool.template.name)
+        try:
+            return dumps.dump_held_session(
+                program, self.isolation.session.raw, self._cluster.url_for(scratch), path
+            )
+        finally:
+            self._cluster.drop(scratch)
+
     def save(self, path: Path) -> Path:
-        raise MemdbError("pytest-memdb: --memdb-keep-failed writes SQLite files only.")
+        """The handle asks :meth:`dump` (:class:`~pytest_memdb.core.janitor.Dumps`)."""
+        self.dump(path)
+        return path
 
 
 class PgWorkingDatabase:
@@ -223,7 +253,11 @@ class PgWorkingDatabase:
         if self._current is None:
             self._current = self._pool.take()
             if self._engines is None:
-                self._engines = MovableEngines(self._database(self._current), echo=self._echo)
+                self._engines = MovableEngines(
+                    self._database(self._current),
+                    echo=self._echo,
+                    server_version=self._cluster.server_version,
+                )
             else:
                 self._engines.move_to(self._database(self._current))
         assert self._engines is not None
