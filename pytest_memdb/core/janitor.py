@@ -5,7 +5,6 @@ Imports SQLAlchemy: load it lazily (the plugin does, on the first memdb fixture)
 
 from __future__ import annotations
 
-import sqlite3
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -20,14 +19,13 @@ from pytest_memdb.errors import MemdbError
 from pytest_memdb.integrations.queries import QueryCounter
 from pytest_memdb.integrations.sessions import DEFAULT_CLASSES, SessionClasses, SyncMakers
 from pytest_memdb.messages import TEST_ENDED
-from pytest_memdb.sqlite.dumps import save_committed, save_connection_view
-from pytest_memdb.sqlite.memory import MemoryDatabase
 
 
 @runtime_checkable
 class Dumps(Protocol):
-    """Engines that write their database out themselves (``--memdb-keep-failed``), as a file
-    of their backend's kind (PostgreSQL's: :mod:`pytest_memdb.postgresql.dumps`)."""
+    """Engines that write their database out (``--memdb-keep-failed``), as a file of their
+    backend's kind (SQLite's ``.sqlite``, PostgreSQL's ``.sql``:
+    :mod:`pytest_memdb.postgresql.dumps`)."""
 
     dump_suffix: str
 
@@ -219,39 +217,16 @@ class MemdbHandle:
         return self._engines.dump_suffix if isinstance(self._engines, Dumps) else ".sqlite"
 
     def save(self, path: Path) -> str:
-        """Write this database, as the test sees it now, to ``path`` (a SQLite file here).
-
-        In ``rollback`` mode that includes what the test committed (which lives only
-        inside the outer transaction) and its sessions' uncommitted writes; in the
-        other modes, what was committed, or, when a session of the test still holds a
-        write (SQLite's memdb then lets no other connection read), what that session sees:
-        the committed rows and its pending ones. Returns what was written, in words. The
-        engines of a backend that writes its own kind of file (PostgreSQL's ``.sql``, by
-        ``pg_dump``) do all of it (:class:`Dumps`).
-        """
+        """Write this database, as the test sees it now, to ``path``, as a file of its
+        backend's kind (:attr:`dump_suffix`): the engines do it (:class:`Dumps`: SQLite's
+        :class:`~pytest_memdb.sqlite.engines.EnginePair` and shared connection, PostgreSQL's
+        :mod:`pytest_memdb.postgresql.dumps`). Returns what was written, in words."""
         if isinstance(self._engines, Dumps):
             return self._engines.dump(path)
         if self._save is not None:
             self._save(path)
             return "the database as the test left it"
-        if not isinstance(self.database, MemoryDatabase):
-            raise MemdbError(
-                "pytest-memdb: --memdb-keep-failed writes SQLite files: on PostgreSQL, keep "
-                f"the database instead with pg_dump (it is {self.database.name!r} until the "
-                "test's teardown)."
-            )
-        try:
-            save_committed(self.database, path)
-        except sqlite3.OperationalError:
-            writer = getattr(self._engines, "pending_writer", lambda: None)()
-            if writer is None:
-                raise
-            save_connection_view(writer, path)
-            return (
-                "the database as the test left it, with the uncommitted writes of the "
-                "session that held them,"
-            )
-        return "the database as the test left it"
+        raise MemdbError(f"pytest-memdb: {self.database.name!r} cannot be written to a file.")
 
     def close(self) -> None:
         """Hand the database back (undone, as the isolation mode says); safe to call twice.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -43,6 +44,7 @@ from pytest_memdb.sqlite.connections import (
     connect,
     leaves_connection_state,
 )
+from pytest_memdb.sqlite.dumps import save_committed, save_connection_view
 from pytest_memdb.sqlite.memory import MemoryDatabase
 from pytest_memdb.sqlite.pragmas import Pragmas, apply_pragmas
 
@@ -327,6 +329,26 @@ class EnginePair:
                 from pytest_memdb.core._loop import run_sync
 
                 run_sync(_close_leftovers(leftovers, detached))
+
+    dump_suffix = ".sqlite"
+
+    def dump(self, path: Path) -> str:
+        """Write the database, as the test sees it now, to ``path`` as a SQLite file
+        (``--memdb-keep-failed``): what was committed, or, when a session of the test still
+        holds a write (SQLite's memdb then lets no other connection read), what that session
+        sees: the committed rows and its pending ones. Returns what was written, in words."""
+        try:
+            save_committed(self._database, path)
+        except sqlite3.OperationalError:
+            writer = self.pending_writer()
+            if writer is None:
+                raise
+            save_connection_view(writer, path)
+            return (
+                "the database as the test left it, with the uncommitted writes of the "
+                "session that held them,"
+            )
+        return "the database as the test left it"
 
     def pending_writer(self) -> TrackedConnection | None:
         """A connection a test holds (checked out) with a transaction open, if there is one."""

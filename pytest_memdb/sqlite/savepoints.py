@@ -365,6 +365,14 @@ class SharedConnection:
         """Write the test's view (its committed savepoints and open writes) to ``path``."""
         return save_connection_view(self.raw, path)
 
+    dump_suffix = ".sqlite"
+
+    def dump(self, path: Path) -> str:
+        """:meth:`save` (``--memdb-keep-failed``): what the test committed, which lives only
+        inside the outer transaction, and its sessions' uncommitted writes."""
+        self.save(path)
+        return "the database as the test left it"
+
     async def aclose(self) -> None:
         """Dispose of both engines and close the shared connection."""
         if self.disturbed is not None:
