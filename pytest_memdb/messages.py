@@ -284,13 +284,14 @@ POLYFACTORY_CREATE_SYNC = _message(
 ROLLBACK_ESCAPE = _message(
     "rollback-escape",
     "pytest-memdb: this test's SQL ended the plugin's outer transaction (rollback "
-    "isolation): {how}. That happens with ROLLBACK, COMMIT or END run as text, INSERT OR "
-    "ROLLBACK on a conflict, a trigger's RAISE(ROLLBACK, ...), or an interrupted write: "
-    "SQLite then committed or discarded what the test had written, not the plugin, so the "
-    "test did not run as rollback isolation promises. The plugin began a new outer "
-    "transaction for the rest of the test, and the database was restored from the "
-    "template for the next test. A test that needs its own transaction control runs in "
-    'copy isolation: @pytest.mark.memdb(isolation="copy").',
+    "isolation): {how}. That happens with ROLLBACK, COMMIT or END run as text (on SQLite "
+    "also INSERT OR ROLLBACK on a conflict, a trigger's RAISE(ROLLBACK, ...), or an "
+    "interrupted write): the database then committed or discarded what the test had "
+    "written, not the plugin, so the test did not run as rollback isolation promises. The "
+    "plugin began a new outer transaction for the rest of the test, and the next test "
+    "starts from the template again (the database restored; on PostgreSQL, a new clone). A "
+    "test that needs its own transaction control runs in copy isolation: "
+    '@pytest.mark.memdb(isolation="copy").',
     how="the statement 'COMMIT' ended it",
 )
 
