@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from pytest_memdb.core.config import Target
+from pytest_memdb.core.layers import LayerDatabase
 from pytest_memdb.core.stats import MemdbStats
 from pytest_memdb.core.template import TemplateBase
 from pytest_memdb.core.templates import TemplateHook
@@ -30,6 +31,10 @@ class Backend(Protocol):
         """``target``'s template, built (or loaded) now; counted in ``stats``
         (``templates_built`` or ``templates_cached``). A failure is a
         :class:`~pytest_memdb.errors.MemdbError` naming the step."""
+
+    def lay(self, base: TemplateBase, scope: str, label: str) -> LayerDatabase:
+        """A new layer's database, a copy of ``base`` (one of this backend's templates, or a
+        layer's checkpoint): :data:`pytest_memdb.core.layers.Lay`."""
 
     def close(self) -> None:
         """Free what the backend holds beyond its templates (called after them, once)."""

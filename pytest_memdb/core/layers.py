@@ -5,23 +5,30 @@ SQLAlchemy: a scoped fixture writes rows once (through the layer's sessions, eng
 URL, so through the app too), and every test of that scope that asks for the fixture
 starts from the template *plus those rows*, isolated as usual in every mode.
 
-A :class:`MemdbLayer` is a shared in-memory database, a copy of what it is laid on (the
+A :class:`MemdbLayer` is a database of its backend, a copy of what it is laid on (the
 template, or the wider layer the test asked for), made when a fixture first uses it: a
 layer nobody wrote to costs nothing and is what it is laid on. After each fixture of the
 layer's own scope that wrote to it is set up, the layer is *checkpointed*: frozen into a
-private :class:`~pytest_memdb.sqlite.template_database.Template` (one backup), from which the
-tests' working databases are made exactly as from any template, and back to which the
-layer itself is put when anything else wrote to it.
+template of its own, from which the tests' databases are made exactly as from any
+template, and back to which the layer itself is put when anything else wrote to it.
+
+This module is backend-free: what a layer needs of a backend is :class:`LayerDatabase`
+(made by a :data:`Lay`), implemented by :mod:`pytest_memdb.sqlite.layers` (a shared
+in-memory database, watched by ``PRAGMA data_version``) and
+:mod:`pytest_memdb.postgresql.layers` (a database on the server, checkpointed by
+``CREATE DATABASE ... TEMPLATE``, watched by a fingerprint of what commits change).
 
 The rule, verified rather than assumed (:class:`Layers`):
 
 * A layer is written only by fixtures of its own scope, while they are set up. Anything
   else that changes it (a test, a function-scoped fixture, a fixture of another scope, a
   teardown, a thread between tests) is found at the next boundary (each fixture's set-up,
-  the start and end of each test phase: one ``PRAGMA data_version`` per layer, about
-  1 us), reported on the test or fixture that did it, and undone: the layer is put back to
-  its last checkpoint. A layer fixture that raises after writing is undone too (a rerun
-  sees its rows once).
+  the start and end of each test phase: :meth:`LayerDatabase.changed`, one ``PRAGMA
+  data_version`` per layer on SQLite, about 1 us; on PostgreSQL one query when no
+  transaction ended on the server since the last look, else two, see
+  :mod:`pytest_memdb.postgresql.layers`), reported on the test or fixture that did it,
+  and undone: the layer is put back to its last checkpoint. A layer fixture that raises
+  after writing is undone too (a rerun sees its rows once).
 * A test's database holds exactly the layer fixtures it asked for, whatever ran before
   it: a layer is laid on the wider layer only when the test that first uses it asked for
   that layer (through its fixtures), and each test that takes ``memdb`` checks that the
@@ -45,17 +52,53 @@ from sqlalchemy import Engine, orm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from pytest_memdb.core._loop import run_sync
-from pytest_memdb.core.config import LAYER_FIXTURES
+from pytest_memdb.core.config import LAYER_FIXTURES, Isolation
 from pytest_memdb.core.janitor import MemdbHandle
 from pytest_memdb.core.stats import MemdbStats
-from pytest_memdb.core.template import TemplateBase
 from pytest_memdb.errors import MemdbError
-from pytest_memdb.sqlite.engines import EnginePair
-from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
-from pytest_memdb.sqlite.template_database import Template
 
-_RESTORE_WAIT_S = 1.0
-"""How long putting a layer back waits for a lock another connection holds on it."""
+
+class LayerTemplate(Protocol):
+    """A template as layers see it (SQLite's
+    :class:`~pytest_memdb.sqlite.template_database.Template`, PostgreSQL's
+    :class:`~pytest_memdb.postgresql.backend.PgTemplate`): what a layer is laid on, and what it
+    is checkpointed into."""
+
+    def open(self, isolation: Isolation) -> MemdbHandle:
+        """A database for one test, made from the template."""
+
+    async def aclose(self) -> None:
+        """Free the template and what was made from it."""
+
+
+class LayerDatabase(Protocol):
+    """One layer's database on its backend: written by its fixtures, watched, frozen, put
+    back. Made by a :data:`Lay` on the template (or checkpoint) it is laid on."""
+
+    @property
+    def handle(self) -> MemdbHandle:
+        """What the layer's fixtures write through (its URL, engines and sessions)."""
+
+    def changed(self) -> bool:
+        """Whether anything committed to the layer since it was laid or last checkpointed or
+        put back (a write held open on it counts as a change). Runs at every boundary:
+        it must be cheap."""
+
+    def checkpoint(self) -> LayerTemplate | None:
+        """The layer as it is now, frozen into a template of its own; None when a write is
+        held open on it (a session never committed or closed)."""
+
+    def put_back(self, to: LayerTemplate) -> bool:
+        """Make the layer equal to ``to`` (its last checkpoint, or what it was laid on);
+        False when a connection holding it keeps that from being done."""
+
+    def close(self) -> None:
+        """Free the layer's database (its checkpoints are closed by the layer)."""
+
+
+Lay = Callable[[LayerTemplate, str, str], LayerDatabase]
+"""A backend's way to lay a layer: ``lay(base, scope, label)``, a new layer database that is
+a copy of ``base`` (:meth:`pytest_memdb.core.backend.Backend.lay`)."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +124,11 @@ class Base(Protocol):
 
     def template_for(
         self, asked: Collection[Writer], known: Collection[Writer], test: str
-    ) -> tuple[Template, frozenset[Writer]]:
+    ) -> tuple[LayerTemplate, frozenset[Writer]]:
         """What a test that asked for the fixtures ``asked`` starts from, and whose rows
         that holds (``known``: every fixture whose rows a live layer holds)."""
 
-    def root(self) -> Template: ...
+    def root(self) -> LayerTemplate: ...
 
     def writers(self) -> frozenset[Writer]: ...
 
@@ -93,25 +136,18 @@ class Base(Protocol):
 class Deferred:
     """A template found on first use (see :meth:`MemdbRegistry.layer`)."""
 
-    def __init__(self, find: Callable[[], TemplateBase]) -> None:
+    def __init__(self, find: Callable[[], LayerTemplate]) -> None:
         self._find = find
-        self._found: Template | None = None
+        self._found: LayerTemplate | None = None
 
     def template_for(
         self, asked: Collection[Writer], known: Collection[Writer], test: str
-    ) -> tuple[Template, frozenset[Writer]]:
+    ) -> tuple[LayerTemplate, frozenset[Writer]]:
         return self.root(), frozenset()
 
-    def root(self) -> Template:
+    def root(self) -> LayerTemplate:
         if self._found is None:
-            found = self._find()
-            if not isinstance(found, Template):
-                raise MemdbError(
-                    "pytest-memdb: layers (memdb_suite, memdb_module, memdb_class) are not on "
-                    "PostgreSQL yet (memdb_postgresql): write the data in the test, or run "
-                    "this test on SQLite."
-                )
-            self._found = found
+            self._found = self._find()
         return self._found
 
     def writers(self) -> frozenset[Writer]:
@@ -128,25 +164,25 @@ class MemdbLayer:
         label: str,
         asked: Asked = lambda: ((), (), ""),
         stats: MemdbStats | None = None,
+        *,
+        lay: Lay,
     ) -> None:
         """``asked``: see :data:`Asked` (the layer is laid on what that test asked for);
-        ``stats``: the run's counters."""
+        ``stats``: the run's counters; ``lay``: the backend's (:data:`Lay`)."""
         self.parent = parent
+        self._lay = lay
         self.stats = stats if stats is not None else MemdbStats()
         self.scope = scope
         self.label = label
         self._asked = asked
-        self._database: MemoryDatabase | None = None
-        self._engines: EnginePair | None = None
-        self._handle: MemdbHandle | None = None
-        self._laid_on: Template | None = None
+        self._database: LayerDatabase | None = None
+        self._laid_on: LayerTemplate | None = None
         self._base_writers: frozenset[Writer] = frozenset()
         self._own: list[Writer] = []
         """The fixtures of this scope whose rows the layer holds, in the order they wrote."""
-        self._checkpoints: list[tuple[frozenset[Writer], Template]] = []
+        self._checkpoints: list[tuple[frozenset[Writer], LayerTemplate]] = []
         """The layer frozen after each of its fixtures wrote: (whose rows, the template). A
         test starts from the one that holds exactly the fixtures it asked for."""
-        self._expected: int | None = None
         self.broken: str | None = None
         """Why the layer cannot be used any more (it could not be put back), if so."""
         self._closed = False
@@ -160,27 +196,14 @@ class MemdbLayer:
     @property
     def handle(self) -> MemdbHandle:
         """The layer's database, made on first use (a copy of what it is laid on)."""
-        if self._handle is None:
+        if self._database is None:
             if self._closed:
                 raise MemdbError(f"pytest-memdb: the {self.scope} layer was already torn down.")
             self._raise_if_broken()
             base, self._base_writers = self.parent.template_for(*self._asked())
-            name = unique_name(base.worker, self.label, f"{self.scope}-layer")
-            database = base.database.copy(name)
-            database.prepare_for_restores()  # put back by backups, never waiting
-            self._database, self._laid_on = database, base
+            self._database, self._laid_on = self._lay(base, self.scope, self.label), base
             self.stats.layers_laid += 1
-            self._expected = database.data_version()
-            self._engines = EnginePair(database, echo=base.echo, pragmas=base.pragmas)
-            self._handle = MemdbHandle(
-                database=database,
-                source=base.source,
-                isolation="session",
-                engines=self._engines,
-                release=lambda: None,
-                classes=base.classes,
-            )
-        return self._handle
+        return self._database.handle
 
     @property
     def name(self) -> str:
@@ -222,7 +245,7 @@ class MemdbLayer:
         return self.handle.sync_session()
 
     # -- what the tests of its scope get ------------------------------------------------
-    def root(self) -> Template:
+    def root(self) -> LayerTemplate:
         """The template under every layer of this stack (what ``memdb`` is built from)."""
         return self.parent.root()
 
@@ -235,7 +258,7 @@ class MemdbLayer:
 
     def template_for(
         self, asked: Collection[Writer], known: Collection[Writer], test: str
-    ) -> tuple[Template, frozenset[Writer]]:
+    ) -> tuple[LayerTemplate, frozenset[Writer]]:
         """What a test that asked for the fixtures ``asked`` starts from: the checkpoint
         that holds the rows of exactly the layer fixtures it asked for (``known``: every
         fixture a live layer holds rows of). A fixture set up for an earlier test is in the
@@ -297,38 +320,28 @@ class MemdbLayer:
     def changed(self) -> bool:
         """Whether anything committed to the layer since its last checkpoint (or holds a
         write open on it: that counts as a change)."""
-        if self._database is None:
-            return False
-        version = self._database.data_version()
-        return version is None or version != self._expected
+        return self._database is not None and self._database.changed()
 
     def checkpoint(self, writer: Writer) -> None:
         """``writer`` (a fixture of this scope) wrote to the layer: freeze what it holds.
 
-        Each checkpoint is a private copy (one backup, and memory for one more copy of the
-        layer per fixture that wrote to it, until the scope ends)."""
+        Each checkpoint is a template of its own (on SQLite one backup, and memory for one
+        more copy of the layer per fixture that wrote to it; on PostgreSQL one database,
+        ``CREATE DATABASE ... TEMPLATE``), kept until the scope ends."""
         assert self._database is not None
         assert self._laid_on is not None
-        name = unique_name(self._laid_on.worker, self.label, f"{self.scope}-frozen")
-        private = MemoryDatabase(name, shared=False)
-        try:
-            pending = self._database.data_version() is None  # a write held open: no reading
-            if pending or not private.fill_from(self._database, give_up_after=_RESTORE_WAIT_S):
-                raise MemdbError(
-                    f"pytest-memdb: the fixture {writer} left an uncommitted write on the "
-                    f"{self.scope} layer ({self.fixture}; a session never committed or "
-                    "closed): commit it in the fixture. The tests that ask for it cannot "
-                    "start from it."
-                )
-        except BaseException:
-            private.close()
-            raise
+        frozen = self._database.checkpoint()
+        if frozen is None:
+            raise MemdbError(
+                f"pytest-memdb: the fixture {writer} left an uncommitted write on the "
+                f"{self.scope} layer ({self.fixture}; a session never committed or "
+                "closed): commit it in the fixture. The tests that ask for it cannot "
+                "start from it."
+            )
         if writer not in self._own:
             self._own.append(writer)
-        frozen = self._laid_on.derived(private, f"{self.label}-{self.scope}")
         self._checkpoints.append((frozenset(self._own), frozen))
         self.stats.layers_frozen += 1
-        self._expected = self._database.data_version()
 
     def finished(self, writer: Writer) -> None:
         """``writer`` was torn down while the layer lives (a parametrized fixture moving to
@@ -351,8 +364,7 @@ class MemdbLayer:
         if self._database is None or self._laid_on is None:
             return True
         latest = self._checkpoints[-1][1] if self._checkpoints else self._laid_on
-        source = latest.database
-        if not self._database.restore_from(source, give_up_after=_RESTORE_WAIT_S, full=True):
+        if not self._database.put_back(latest):
             self.broken = (
                 f"pytest-memdb: the {self.scope} layer ({self.fixture}) was written outside "
                 "its fixtures' set-up and could not be put back: a connection (an engine "
@@ -361,7 +373,6 @@ class MemdbLayer:
                 "set up again."
             )
             return False
-        self._expected = self._database.data_version()
         return True
 
     def _raise_if_broken(self) -> None:
@@ -372,17 +383,13 @@ class MemdbLayer:
         """Free the layer (at the end of its scope)."""
         self._closed = True
         checkpoints, self._checkpoints = self._checkpoints, []
-        engines, self._engines = self._engines, None
         database, self._database = self._database, None
-        self._handle = None
         try:
-            for _, frozen in checkpoints:
-                run_sync(frozen.aclose())
-            if engines is not None:
-                run_sync(engines.aclose())
-        finally:
             if database is not None:
                 database.close()
+        finally:
+            for _, frozen in checkpoints:
+                run_sync(frozen.aclose())
 
 
 def _names(fixtures: list[Writer]) -> str:

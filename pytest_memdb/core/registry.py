@@ -13,7 +13,7 @@ from pytest_memdb.core.backend import Backend
 from pytest_memdb.core.config import LAYER_FIXTURES, MemdbConfig, Target
 from pytest_memdb.core.importing import import_metadata
 from pytest_memdb.core.janitor import MemdbHandle
-from pytest_memdb.core.layers import Base, Deferred, Layers, MemdbLayer, Writer
+from pytest_memdb.core.layers import Base, Deferred, Layers, LayerTemplate, MemdbLayer, Writer
 from pytest_memdb.core.stats import MemdbStats
 from pytest_memdb.core.template import TemplateBase
 from pytest_memdb.core.templates import TemplateHook
@@ -66,7 +66,7 @@ class MemdbRegistry:
         """This test's database, isolated as ``target.isolation`` says: a copy of the
         template, or of the innermost ``layer`` of the test's scopes, which must hold the
         rows of exactly the layer fixtures the test ``asked`` for."""
-        template = self.template(target)
+        template: LayerTemplate = self.template(target)
         if layer is not None:
             if layer.root() is not template:
                 raise MemdbError(
@@ -105,7 +105,9 @@ class MemdbRegistry:
                     laid_on = parent
             except MemdbError:  # the wider layer has no template of its own: not this one's
                 pass
-        made = MemdbLayer(laid_on, scope, label, laying, self.stats)
+        made = MemdbLayer(
+            laid_on, scope, label, laying, self.stats, lay=lambda *on: self.backend.lay(*on)
+        )
         self.layers.add(made)
         return made
 

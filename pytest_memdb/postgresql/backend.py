@@ -46,6 +46,7 @@ from sqlalchemy.engine import make_url
 from pytest_memdb.core.config import MemdbConfig, Target
 from pytest_memdb.core.importing import import_metadata
 from pytest_memdb.core.isolation import WorkingDatabase
+from pytest_memdb.core.layers import LayerDatabase
 from pytest_memdb.core.stats import MemdbStats
 from pytest_memdb.core.template import Role, TemplateBase
 from pytest_memdb.core.templates import TemplateHook
@@ -156,6 +157,14 @@ class PgBackend:
             classes=classes,
             stats=stats,
             source=target.file.resolve() if target.file is not None else None,
+        )
+
+    def lay(self, base: TemplateBase, scope: str, label: str) -> LayerDatabase:
+        """Layers are not on PostgreSQL yet."""
+        raise MemdbError(
+            "pytest-memdb: layers (memdb_suite, memdb_module, memdb_class) are not on "
+            "PostgreSQL yet (memdb_postgresql): write the data in the test, or run "
+            "this test on SQLite."
         )
 
     def close(self) -> None:

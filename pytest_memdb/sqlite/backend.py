@@ -17,6 +17,7 @@ from pytest_memdb.integrations.sessions import SessionClasses
 from pytest_memdb.sqlite.build import build_template
 from pytest_memdb.sqlite.cache import TemplateCache
 from pytest_memdb.sqlite.engines import EnginePair
+from pytest_memdb.sqlite.layers import SqliteLayerDatabase
 from pytest_memdb.sqlite.loading import CheckedFiles
 from pytest_memdb.sqlite.memory import MemoryDatabase, unique_name
 from pytest_memdb.sqlite.template_database import Template
@@ -92,6 +93,10 @@ class SqliteBackend:
         else:
             stats.templates_built += 1
         return database
+
+    def lay(self, base: TemplateBase, scope: str, label: str) -> SqliteLayerDatabase:
+        """A layer on ``base``: a shared in-memory copy (:mod:`pytest_memdb.sqlite.layers`)."""
+        return SqliteLayerDatabase(base, scope, label)
 
     def outside(self, template: TemplateBase) -> EnginePair:
         """A scratch copy of the run's template (a test's without a marker), for what
