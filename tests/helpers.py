@@ -6,6 +6,7 @@ import hashlib
 import re
 import shutil
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,3 +163,47 @@ def sqlite_template(registry: MemdbRegistry, target: Target) -> Template:
     template = registry.template(target)
     assert isinstance(template, Template)
     return template
+
+
+USERS_MODELS = """
+    from sqlalchemy import Integer, String
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+    class Base(DeclarativeBase):
+        pass
+
+
+    class User(Base):
+        __tablename__ = "app_user"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        name: Mapped[str] = mapped_column(String)
+        email: Mapped[str | None] = mapped_column(String, nullable=True)
+"""
+"""A ``models.py`` whose template is the same on both backends (:func:`write_seeded_ini`)."""
+
+USERS_SEED = """INSERT INTO app_user (name, email) VALUES
+    ('ada', 'ada@example.com'), ('brian', 'brian@example.com'), ('grace', 'grace@example.com');
+"""
+"""The template's three users; their ids from the table's own sequence, so that rows added
+later follow them on PostgreSQL too."""
+
+SLOW_ON_POSTGRESQL = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+"""``@pytest.mark.parametrize("switch", SLOW_ON_POSTGRESQL, indirect=True)``: both
+backends, the PostgreSQL run a slow test (an inner run there makes a clone per layer,
+checkpoint and test: over 5 s on 2 cores)."""
+
+
+def write_seeded_ini(pytester: pytest.Pytester, switch: Sequence[str] = (), **options: str) -> None:
+    """``seed.sql`` (:data:`USERS_SEED`) and a pytest.ini whose template is
+    :data:`USERS_MODELS`' tables (in ``models.py``, written by the caller) and the seed, on
+    the backend ``switch`` says (the ``switch`` fixture: nothing for SQLite, else
+    ``--memdb-postgresql=URL``, given as the ini option)."""
+    (pytester.path / "seed.sql").write_text(USERS_SEED)
+    for arg in switch:
+        name, _, value = arg.partition("=")
+        options[name.removeprefix("--").replace("-", "_")] = value
+    options.setdefault("memdb_metadata", "models:Base")
+    options.setdefault("memdb_load", "seed.sql")
+    options.setdefault("pythonpath", ".")
+    write_ini(pytester, **options)

@@ -2,9 +2,9 @@
 that depend on the order modules run in, rows of fixtures a test never asked for, a
 fixture re-run by pytest-rerunfailures, and factories inside a layer fixture.
 
-Real inner pytest runs on a real fixture file (three users); each inner test asserts what
-it sees itself, and the outer test checks each inner test's outcome and the plugin's
-message.
+Real inner pytest runs on a real template (three users), on SQLite and on PostgreSQL (the
+``switch`` fixture); each inner test asserts what it sees itself, and the outer test checks
+each inner test's outcome and the plugin's message.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import textwrap
 import pytest
 
 from tests.boundaries import WIDE, failed, outcomes, passed_cleanly, plugin_error_lines, tail
-from tests.helpers import write_ini
+from tests.helpers import SLOW_ON_POSTGRESQL, USERS_MODELS, write_seeded_ini
 
-pytestmark = pytest.mark.usefixtures("app_db")
+pytestmark = pytest.mark.parametrize("switch", SLOW_ON_POSTGRESQL, indirect=True)
 
 COMMON = """
     from sqlalchemy import text
@@ -26,16 +26,17 @@ COMMON = """
 
     def add(layer, name):
         with layer.sync_session() as session:
-            session.execute(text("INSERT INTO user (name) VALUES (:n)"), {"n": name})
+            session.execute(text("INSERT INTO app_user (name) VALUES (:n)"), {"n": name})
             session.commit()
 
 
     def names_sync(session):
-        return list(session.execute(text("SELECT name FROM user ORDER BY id")).scalars())
+        return list(session.execute(text("SELECT name FROM app_user ORDER BY id")).scalars())
 
 
     async def names(session):
-        return list((await session.execute(text("SELECT name FROM user ORDER BY id"))).scalars())
+        result = await session.execute(text("SELECT name FROM app_user ORDER BY id"))
+        return list(result.scalars())
 """
 
 
@@ -47,9 +48,9 @@ def _run(
     return pytester.runpytest_subprocess("-p", "no:randomly", "-rA", *args, timeout=300)
 
 
-def _project(pytester: pytest.Pytester, isolation: str, **modules: str) -> None:
-    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
-    pytester.makepyfile(common=COMMON, **modules)
+def _project(pytester: pytest.Pytester, switch: list[str], isolation: str, **modules: str) -> None:
+    write_seeded_ini(pytester, switch, memdb_isolation=isolation)
+    pytester.makepyfile(models=USERS_MODELS, common=COMMON, **modules)
 
 
 CLASS_LAYER = """
@@ -89,10 +90,10 @@ CLASS_LAYER = """
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback", "session"])
 def test_a_class_test_writing_to_the_module_layer_errors_and_leaks_nowhere(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str], isolation: str
 ) -> None:
     """1a: a test in a class layer commits through ``memdb_module`` (the outer layer)."""
-    _project(pytester, isolation, test_layers=CLASS_LAYER)
+    _project(pytester, switch, isolation, test_layers=CLASS_LAYER)
     result = _run(pytester, monkeypatch)
     assert failed(result, "test_1_writes_to_the_outer_layer"), tail(result)
     assert plugin_error_lines(result, "memdb_module"), tail(result)
@@ -149,12 +150,16 @@ FUNCTION_FIXTURE = """
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 @pytest.mark.parametrize("suite", ["no_memdb", "function_fixture"])
 def test_a_write_to_the_module_layer_without_memdb_errors_and_leaks_nowhere(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str, suite: str
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    switch: list[str],
+    isolation: str,
+    suite: str,
 ) -> None:
     """1b: a test that never asks for ``memdb`` commits to the module layer; 1c: a
     function-scoped fixture does, before ``memdb`` is set up."""
     source = NO_MEMDB if suite == "no_memdb" else FUNCTION_FIXTURE
-    _project(pytester, isolation, test_layers=source)
+    _project(pytester, switch, isolation, test_layers=source)
     result = _run(pytester, monkeypatch)
     first = next(name for name in outcomes(result) if name.startswith("test_1_"))
     assert failed(result, first), tail(result)
@@ -199,10 +204,10 @@ ORDER_B = """
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 def test_a_module_layer_does_not_depend_on_the_modules_run_before(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str], isolation: str
 ) -> None:
     """1d: test_b never asks for the suite layer: alone or after test_a, it sees the same."""
-    _project(pytester, isolation, test_a=ORDER_A, test_b=ORDER_B)
+    _project(pytester, switch, isolation, test_a=ORDER_A, test_b=ORDER_B)
     alone = _run(pytester, monkeypatch, "test_b.py")
     alone.assert_outcomes(passed=2)
     after_a = _run(pytester, monkeypatch, "test_a.py", "test_b.py")
@@ -238,11 +243,11 @@ OTHER_SUITE_FIXTURE = """
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 def test_a_suite_layer_holding_rows_of_a_fixture_not_asked_for_is_an_error(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str], isolation: str
 ) -> None:
     """1e: test 2 asks for ``suite_alpha`` only, but ``suite_bravo`` wrote the suite layer
     earlier in the run: an error naming ``suite_bravo``, not its rows seen silently."""
-    _project(pytester, isolation, test_suite=OTHER_SUITE_FIXTURE)
+    _project(pytester, switch, isolation, test_suite=OTHER_SUITE_FIXTURE)
     result = _run(pytester, monkeypatch)
     assert passed_cleanly(result, "test_1_uses_the_second"), tail(result)
     assert failed(result, "test_2_asks_only_for_the_first"), tail(result)
@@ -272,10 +277,10 @@ RERUN = """
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 def test_a_module_fixture_rerun_by_rerunfailures_writes_its_row_once(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str], isolation: str
 ) -> None:
     """1f: the first set-up commits its row and raises; the rerun's test sees one row."""
-    _project(pytester, isolation, test_rerun=RERUN)
+    _project(pytester, switch, isolation, test_rerun=RERUN)
     result = _run(pytester, monkeypatch, "-p", "rerunfailures", "--reruns", "1")
     counts = result.parseoutcomes()
     assert counts.get("rerun") == 1, tail(result)
@@ -350,13 +355,14 @@ FACTORY_LAYER = """
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 def test_a_factory_in_a_module_layer_fixture_writes_through_the_layer(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str], isolation: str
 ) -> None:
     """1g: with ``memdb_factories``, ``AuthorFactory()`` in a module fixture that asks for
     ``memdb_module`` writes through the layer's session."""
-    write_ini(
+    write_seeded_ini(
         pytester,
-        memdb_metadata="models:Base",
+        switch,
+        memdb_load="",
         memdb_isolation=isolation,
         memdb_factories="factories",
         pythonpath=".",
@@ -459,30 +465,30 @@ PACKAGE_SCOPED = """
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 def test_a_parametrized_layer_fixture_gives_each_param_its_own_rows(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str], isolation: str
 ) -> None:
     """Each parameter's rows, and only those: the earlier parameter's leave the layer when
     pytest tears it down (its rows were in the later one's, or the later one got the
     earlier one's checkpoint)."""
-    _project(pytester, isolation, test_param=PARAMETRIZED)
+    _project(pytester, switch, isolation, test_param=PARAMETRIZED)
     result = _run(pytester, monkeypatch)
     result.assert_outcomes(passed=2)
 
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 def test_a_layer_fixture_extending_one_of_the_same_name_keeps_both_rows(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str], isolation: str
 ) -> None:
-    _project(pytester, isolation, **OVERRIDDEN)
+    _project(pytester, switch, isolation, **OVERRIDDEN)
     result = _run(pytester, monkeypatch)
     result.assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 def test_a_layer_fixture_asked_for_after_memdb_is_an_error_not_missing_rows(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolation: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str], isolation: str
 ) -> None:
-    _project(pytester, isolation, test_late=LATE_REQUEST)
+    _project(pytester, switch, isolation, test_late=LATE_REQUEST)
     result = _run(pytester, monkeypatch)
     assert failed(result, "test_1_asks_after_memdb"), tail(result)
     assert plugin_error_lines(result, "alice", "getfixturevalue"), tail(result)
@@ -490,10 +496,10 @@ def test_a_layer_fixture_asked_for_after_memdb_is_an_error_not_missing_rows(
 
 
 def test_a_package_fixture_writing_the_suite_layer_errors_in_every_test_that_uses_it(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str]
 ) -> None:
     """Not once and then silently without its rows: it is set up again, and fails again."""
-    _project(pytester, "copy", test_pkg=PACKAGE_SCOPED)
+    _project(pytester, switch, "copy", test_pkg=PACKAGE_SCOPED)
     result = _run(pytester, monkeypatch)
     assert failed(result, "test_1"), tail(result)
     assert failed(result, "test_2"), tail(result)

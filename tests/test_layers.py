@@ -1,33 +1,20 @@
 """Layers: data set up once per session, module or class, with every test still isolated.
 
-Real pytest runs on a real fixture file (three users), in every isolation mode, in order,
-under pytest-randomly and under xdist's ``--dist load`` (which interleave modules, so
-layers are torn down and built again). Each inner test asserts what it sees itself.
+Real pytest runs on a real template (three users, from the models and a seed script), in
+every isolation mode, in order, under pytest-randomly and under xdist's ``--dist load``
+(which interleave modules, so layers are torn down and built again), on SQLite and on
+PostgreSQL (the ``switch`` fixture). Each inner test asserts what it sees itself.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tests.helpers import write_ini
+from tests.helpers import SLOW_ON_POSTGRESQL, USERS_MODELS, write_seeded_ini
 
-pytestmark = pytest.mark.usefixtures("app_db")
-
-MODELS = """
-    from sqlalchemy import Integer, String
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-
-    class Base(DeclarativeBase):
-        pass
-
-
-    class User(Base):
-        __tablename__ = "user"
-        id: Mapped[int] = mapped_column(Integer, primary_key=True)
-        name: Mapped[str] = mapped_column(String)
-        email: Mapped[str | None] = mapped_column(String, nullable=True)
-"""
+MODELS = USERS_MODELS
 
 CONFTEST = """
     import pytest
@@ -46,11 +33,12 @@ CONFTEST = """
 
 
     def names_sync(session):
-        return list(session.execute(text("SELECT name FROM user ORDER BY id")).scalars())
+        return list(session.execute(text("SELECT name FROM app_user ORDER BY id")).scalars())
 
 
     async def names(session):
-        return list((await session.execute(text("SELECT name FROM user ORDER BY id"))).scalars())
+        result = await session.execute(text("SELECT name FROM app_user ORDER BY id"))
+        return list(result.scalars())
 """
 
 MODULE_A = """
@@ -114,7 +102,7 @@ MODULE_A = """
         seen = names_sync(memdb_sync_session)
         if memdb.isolation != "session":
             assert seen == module_rows()
-        memdb_sync_session.execute(text("DELETE FROM user"))
+        memdb_sync_session.execute(text("DELETE FROM app_user"))
         memdb_sync_session.commit()
 
 
@@ -135,7 +123,7 @@ MODULE_A = """
         async def test_c1_sees_module_and_class_layers(self, memdb, memdb_session, class_row):
             if memdb.isolation != "session":
                 assert await names(memdb_session) == [*module_rows("async-mod"), "cls"]
-            await memdb_session.execute(text("UPDATE user SET name = 'changed'"))
+            await memdb_session.execute(text("UPDATE app_user SET name = 'changed'"))
             await memdb_session.commit()
 
         def test_c2_does_not_see_c1(self, memdb, memdb_sync_session, class_row):
@@ -163,8 +151,8 @@ MODULE_B = """
 """
 
 
-def _project(pytester: pytest.Pytester, isolation: str) -> None:
-    write_ini(pytester, memdb_file="data/app.sqlite", memdb_isolation=isolation)
+def _project(pytester: pytest.Pytester, switch: list[str], isolation: str) -> None:
+    write_seeded_ini(pytester, switch, memdb_isolation=isolation)
     pytester.makepyfile(
         models=MODELS, conftest=CONFTEST, test_layer_a=MODULE_A, test_layer_b=MODULE_B
     )
@@ -173,27 +161,34 @@ def _project(pytester: pytest.Pytester, isolation: str) -> None:
 TESTS = 10
 
 
+@pytest.mark.parametrize("switch", SLOW_ON_POSTGRESQL, indirect=True)
 @pytest.mark.parametrize("isolation", ["copy", "rollback", "session"])
-def test_layers_in_order(pytester: pytest.Pytester, isolation: str) -> None:
-    _project(pytester, isolation)
+def test_layers_in_order(pytester: pytest.Pytester, switch: list[str], isolation: str) -> None:
+    _project(pytester, switch, isolation)
     result = pytester.runpytest_subprocess(timeout=300)
     result.assert_outcomes(passed=TESTS)
 
 
+@pytest.mark.parametrize("switch", SLOW_ON_POSTGRESQL, indirect=True)
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
 @pytest.mark.parametrize("seed", ["1", "2", "3"])
-def test_layers_under_pytest_randomly(pytester: pytest.Pytester, isolation: str, seed: str) -> None:
-    _project(pytester, isolation)
+def test_layers_under_pytest_randomly(
+    pytester: pytest.Pytester, switch: list[str], isolation: str, seed: str
+) -> None:
+    _project(pytester, switch, isolation)
     result = pytester.runpytest_subprocess("-p", "randomly", f"--randomly-seed={seed}", timeout=300)
     result.assert_outcomes(passed=TESTS)
     result.stdout.fnmatch_lines([f"Using --randomly-seed={seed}"])
 
 
+@pytest.mark.parametrize("switch", SLOW_ON_POSTGRESQL, indirect=True)
 @pytest.mark.parametrize("isolation", ["copy", "rollback"])
-def test_layers_under_xdist_dist_load(pytester: pytest.Pytester, isolation: str) -> None:
+def test_layers_under_xdist_dist_load(
+    pytester: pytest.Pytester, switch: list[str], isolation: str
+) -> None:
     """``--dist load`` hands tests of one module to both workers, interleaved with the
     other module's: each worker builds (and rebuilds) the layers it needs."""
-    _project(pytester, isolation)
+    _project(pytester, switch, isolation)
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "load", timeout=300)
     result.assert_outcomes(passed=TESTS)
 
@@ -206,26 +201,26 @@ HOSTILE = """
     @pytest.fixture(scope="module")
     def rows(memdb_module):
         with memdb_module.sync_session() as session:
-            session.execute(text("INSERT INTO user (name) VALUES ('mod')"))
+            session.execute(text("INSERT INTO app_user (name) VALUES ('mod')"))
             session.commit()
         return memdb_module
 
 
     def test_1_writes_to_the_layer_itself(memdb, rows):
         with rows.sync_session() as session:
-            session.execute(text("INSERT INTO user (name) VALUES ('sneaky')"))
+            session.execute(text("INSERT INTO app_user (name) VALUES ('sneaky')"))
             session.commit()
 
 
     def test_2_next(memdb_sync_session, rows):
-        count = memdb_sync_session.execute(text("SELECT count(*) FROM user")).scalar_one()
+        count = memdb_sync_session.execute(text("SELECT count(*) FROM app_user")).scalar_one()
         assert count == 4  # the template's three and the fixture's: test 1's was put back
 
 
     @pytest.fixture(scope="module")
     def uncommitted(memdb_module):
         session = memdb_module.sync_session()
-        session.execute(text("INSERT INTO user (name) VALUES ('pending')"))
+        session.execute(text("INSERT INTO app_user (name) VALUES ('pending')"))
         yield
         session.close()
 
@@ -234,14 +229,16 @@ HOSTILE = """
         pass
 
 
-    @pytest.mark.memdb(metadata="models:Base")
+    @pytest.mark.memdb(load=[])  # the tables without the seed: another template
     def test_4_another_template_than_the_layer(memdb, rows):
         pass
 """
 
 
-def test_a_layer_is_not_written_by_tests_and_errors_say_why(pytester: pytest.Pytester) -> None:
-    write_ini(pytester, memdb_file="data/app.sqlite")
+def test_a_layer_is_not_written_by_tests_and_errors_say_why(
+    pytester: pytest.Pytester, switch: list[str]
+) -> None:
+    write_seeded_ini(pytester, switch)
     pytester.makepyfile(models=MODELS, test_hostile=HOSTILE)
     result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
     result.assert_outcomes(passed=1, failed=1, errors=2)
@@ -253,4 +250,128 @@ def test_a_layer_is_not_written_by_tests_and_errors_say_why(pytester: pytest.Pyt
             "*the test test_hostile.py::test_1_writes_to_the_layer_itself wrote to the module "
             "layer (memdb_module)*It was put back*",
         ]
+    )
+
+
+WRITES = """
+    import pytest
+    from sqlalchemy import inspect, text
+
+
+    @pytest.fixture(scope="module")
+    def rows(memdb_module):
+        with memdb_module.sync_session() as session:
+            session.execute(text("INSERT INTO app_user (name) VALUES ('mod')"))
+            session.commit()
+        return memdb_module
+
+
+    WRITES = {
+        "update": ["UPDATE app_user SET name = 'renamed' WHERE name = 'mod'"],
+        "delete": ["DELETE FROM app_user WHERE name = 'mod'"],
+        "same-rows-after": [  # what is left is what was there: a write all the same
+            "DELETE FROM app_user WHERE name = 'mod'",
+            "INSERT INTO app_user (id, name) VALUES (4, 'mod')",
+        ],
+        "index": ["CREATE INDEX ix_name ON app_user (name)"],
+        "column": ["ALTER TABLE app_user ADD COLUMN extra INTEGER"],
+        "table": ["CREATE TABLE extra (id INTEGER)"],
+        "database-state": {  # no row changes: a sequence, SQLite's header
+            "postgresql": "SELECT setval('app_user_id_seq', 100)",
+            "sqlite": "PRAGMA user_version = 5",
+        },
+    }
+
+
+    WRITTEN_STATE = {"postgresql": 4, "sqlite": 0}  # the fixture's insert took id 4
+
+
+    @pytest.mark.parametrize("write", sorted(WRITES))
+    def test_writes_to_the_layer(memdb, rows, write):
+        statements = WRITES[write]
+        if isinstance(statements, dict):
+            statements = [statements[rows.sync_engine.dialect.name]]
+        with rows.sync_engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+
+
+    def test_z_the_layer_and_its_tests_as_the_fixture_left_them(memdb_sync_session, rows):
+        names = memdb_sync_session.execute(text("SELECT name FROM app_user ORDER BY id"))
+        assert names.scalars().all() == ["ada", "brian", "grace", "mod"]
+        with rows.sync_engine.connect() as conn:
+            assert inspect(conn).get_table_names() == ["app_user"]
+            assert [c["name"] for c in inspect(conn).get_columns("app_user")] == [
+                "id", "name", "email"
+            ]
+            assert inspect(conn).get_indexes("app_user") == []
+            if conn.dialect.name == "postgresql":
+                state = "SELECT last_value FROM app_user_id_seq"
+            else:
+                state = "PRAGMA user_version"
+            assert conn.execute(text(state)).scalar() == WRITTEN_STATE[conn.dialect.name]
+"""
+
+
+def test_every_kind_of_write_to_a_layer_is_caught_and_undone(
+    pytester: pytest.Pytester, switch: list[str]
+) -> None:
+    """Rows changed, replaced by equal ones, schema changes, a sequence moved (PostgreSQL)
+    or the header (SQLite): each is reported on the test that did it, and the layer is
+    put back (verified on the layer itself, and on the next test's copy)."""
+    write_seeded_ini(pytester, switch)
+    pytester.makepyfile(models=MODELS, test_writes=WRITES)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    result.assert_outcomes(passed=1, failed=7)
+    assert result.stdout.str().count("wrote to the module layer (memdb_module)") == 7
+
+
+LEAK = """
+    import pytest
+    from sqlalchemy import create_engine, text
+
+    LEAKED = []
+
+
+    @pytest.fixture(scope="module")
+    def rows(memdb_module):
+        with memdb_module.sync_session() as session:
+            session.execute(text("INSERT INTO app_user (name) VALUES ('mod')"))
+            session.commit()
+        return memdb_module
+
+
+    def test_1_leaks_a_connection_holding_the_layer(memdb, rows):
+        conn = create_engine(rows.sync_url).connect()
+        conn.execute(text("LOCK TABLE app_user IN ACCESS EXCLUSIVE MODE"))
+        conn.execute(text("INSERT INTO app_user (name) VALUES ('leaked')"))
+        LEAKED.append(conn)  # never committed, never closed
+
+
+    def test_2_the_next_test_sees_the_checkpoint(memdb_sync_session, rows):
+        names = memdb_sync_session.execute(text("SELECT name FROM app_user ORDER BY id"))
+        assert names.scalars().all() == ["ada", "brian", "grace", "mod"]
+
+
+    def test_3_the_layer_is_put_back_and_usable(memdb, rows):
+        with rows.sync_session() as session:
+            names = session.execute(text("SELECT name FROM app_user ORDER BY id"))
+            assert names.scalars().all() == ["ada", "brian", "grace", "mod"]
+"""
+
+
+def test_a_connection_left_open_on_a_postgresql_layer_does_not_hold_it(
+    pytester: pytest.Pytester, pg_server: Any
+) -> None:
+    """PostgreSQL only (SQLite cannot take a database back from a connection that holds a
+    write on it: the layer is then reported broken): a test leaves a connection on the
+    layer holding an uncommitted write and an exclusive lock. It is reported, the layer is
+    put back (``DROP DATABASE ... WITH (FORCE)`` ends that connection), and the next tests
+    run on the checkpoint, through the layer too."""
+    write_seeded_ini(pytester, [f"--memdb-postgresql={pg_server.url('postgres', 'psycopg')}"])
+    pytester.makepyfile(models=MODELS, test_leak=LEAK)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*test_1_leaks_a_connection_holding_the_layer wrote to the module layer*put back*"]
     )

@@ -336,7 +336,8 @@ class MemdbLayer:
                 f"pytest-memdb: the fixture {writer} left an uncommitted write on the "
                 f"{self.scope} layer ({self.fixture}; a session never committed or "
                 "closed): commit it in the fixture. The tests that ask for it cannot "
-                "start from it."
+                "start from it. (On PostgreSQL that session's connection is ended to put "
+                "the layer back: closing it in the fixture's teardown fails too.)"
             )
         if writer not in self._own:
             self._own.append(writer)

@@ -29,9 +29,9 @@ as a SQLite file whose rows are copied into PostgreSQL's tables, Alembic migrati
 template database itself, then the models' tables, the load steps and the hook. A SQLite
 file together with migrations is refused (:func:`unsupported`).
 
-Not on PostgreSQL yet (each a clear error when asked for): layers; ``memdb_takeover`` stops
-the run at start-up (:mod:`pytest_memdb.core.config`). ``--memdb-keep-failed`` writes a
-``.sql`` file (:mod:`pytest_memdb.postgresql.dumps`)."""
+Layers: :mod:`pytest_memdb.postgresql.layers`. ``--memdb-keep-failed`` writes a ``.sql``
+file (:mod:`pytest_memdb.postgresql.dumps`). Not on PostgreSQL yet (a clear error when asked
+for): ``memdb_takeover`` stops the run at start-up (:mod:`pytest_memdb.core.config`)."""
 
 from __future__ import annotations
 
@@ -160,12 +160,11 @@ class PgBackend:
         )
 
     def lay(self, base: TemplateBase, scope: str, label: str) -> LayerDatabase:
-        """Layers are not on PostgreSQL yet."""
-        raise MemdbError(
-            "pytest-memdb: layers (memdb_suite, memdb_module, memdb_class) are not on "
-            "PostgreSQL yet (memdb_postgresql): write the data in the test, or run "
-            "this test on SQLite."
-        )
+        """A layer on ``base``: a database cloned from it, checkpointed into templates of
+        its own (:mod:`pytest_memdb.postgresql.layers`)."""
+        from pytest_memdb.postgresql.layers import PgLayerDatabase
+
+        return PgLayerDatabase(base, scope, label)
 
     def close(self) -> None:
         """Drop every database this run made."""
