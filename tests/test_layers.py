@@ -235,6 +235,7 @@ HOSTILE = """
 """
 
 
+@pytest.mark.parametrize("switch", SLOW_ON_POSTGRESQL, indirect=True)
 def test_a_layer_is_not_written_by_tests_and_errors_say_why(
     pytester: pytest.Pytester, switch: list[str]
 ) -> None:
@@ -313,6 +314,7 @@ WRITES = """
 """
 
 
+@pytest.mark.parametrize("switch", SLOW_ON_POSTGRESQL, indirect=True)
 def test_every_kind_of_write_to_a_layer_is_caught_and_undone(
     pytester: pytest.Pytester, switch: list[str]
 ) -> None:
@@ -348,6 +350,12 @@ LEAK = """
         LEAKED.append(conn)  # never committed, never closed
 
 
+    def test_1b_leaks_one_holding_a_lock_only(memdb, rows):
+        conn = create_engine(rows.sync_url).connect()
+        conn.execute(text("LOCK TABLE app_user IN ACCESS EXCLUSIVE MODE"))  # no write, no xid
+        LEAKED.append(conn)
+
+
     def test_2_the_next_test_sees_the_checkpoint(memdb_sync_session, rows):
         names = memdb_sync_session.execute(text("SELECT name FROM app_user ORDER BY id"))
         assert names.scalars().all() == ["ada", "brian", "grace", "mod"]
@@ -360,18 +368,23 @@ LEAK = """
 """
 
 
+@pytest.mark.slow  # 8-24 s on 2 cores
 def test_a_connection_left_open_on_a_postgresql_layer_does_not_hold_it(
     pytester: pytest.Pytester, pg_server: Any
 ) -> None:
     """PostgreSQL only (SQLite cannot take a database back from a connection that holds a
     write on it: the layer is then reported broken): a test leaves a connection on the
-    layer holding an uncommitted write and an exclusive lock. It is reported, the layer is
+    layer holding an uncommitted write and an exclusive lock, another one holding the lock
+    alone (the layer cannot be read: that counts as a change). Each is reported, the layer is
     put back (``DROP DATABASE ... WITH (FORCE)`` ends that connection), and the next tests
     run on the checkpoint, through the layer too."""
     write_seeded_ini(pytester, [f"--memdb-postgresql={pg_server.url('postgres', 'psycopg')}"])
     pytester.makepyfile(models=MODELS, test_leak=LEAK)
     result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(
-        ["*test_1_leaks_a_connection_holding_the_layer wrote to the module layer*put back*"]
+        [
+            "*test_1_leaks_a_connection_holding_the_layer wrote to the module layer*put back*",
+            "*test_1b_leaks_one_holding_a_lock_only wrote to the module layer*put back*",
+        ]
     )

@@ -22,8 +22,10 @@ lazily (a commit may show up to a second later), so they cannot say. What can:
   ``pg_snapshot_xmax(pg_current_snapshot())`` (one past the latest xid that ended, on the
   whole server) moving on. When it has not moved since the layer was last seen equal to
   its checkpoint, and no session on the layer holds an xid (an uncommitted write, which
-  counts as a change: ``pg_stat_activity.backend_xid`` is live, not a lazy counter),
-  nothing was committed to it: one query, on a connection kept open to the layer;
+  counts as a change: ``pg_stat_activity.backend_xid`` is live, not a lazy counter) or an
+  ``ACCESS EXCLUSIVE`` lock (which keeps the layer from being read: a change too, as a
+  write held open is on SQLite; ``pg_locks``), nothing was committed to it: one query, on
+  a connection kept open to the layer;
 * else a fingerprint of the layer, compared with the one taken when it was laid, frozen or
   put back: for each table (and materialized view) of the layer and for the layer's own
   rows in each catalog that DDL writes (:data:`CATALOGS`), ``count(*)`` and the greatest
@@ -90,13 +92,17 @@ own, where a whole scan of ``pg_attribute``, ``pg_proc`` and ``pg_description`` 
 QUIET = (
     "SELECT pg_snapshot_xmax(pg_current_snapshot())::text,"
     " EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()"
-    " AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL),"
+    " AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL)"
+    " OR EXISTS (SELECT FROM pg_locks WHERE locktype = 'relation' AND granted"
+    " AND mode = 'AccessExclusiveLock' AND pid <> pg_backend_pid() AND database ="
+    " (SELECT oid FROM pg_database WHERE datname = current_database())),"
     " (SELECT coalesce(string_agg(format('%s.%s=%s', schemaname, sequencename,"
     " coalesce(last_value::text, '-')), ',' ORDER BY schemaname, sequencename), '')"
     " FROM pg_sequences)"
 )
 """One past the latest xid that ended on the server, whether a session on the layer holds
-an uncommitted write, and the layer's sequences."""
+an uncommitted write or a lock that keeps the layer from being read (both live, not lazy
+counters), and the layer's sequences."""
 
 _OWN = (
     "SELECT count(*) || '/' || coalesce(max(xmin::text::bigint), 0)"
@@ -118,6 +124,11 @@ FINGERPRINT = (
 """For each of :data:`CATALOGS` (the layer's own rows) and each table of the layer, its row
 count and greatest ``xmin``, in one statement (``query_to_xml`` runs the count on each
 table)."""
+
+LOOK_LOCK_MS = 500
+"""How long a look at the layer waits for a lock another session holds on one of its tables
+or sequences (``LOCK TABLE``, ``ALTER TABLE`` left in an open transaction) before it counts
+as a change."""
 
 CHECKPOINT_WAIT_S = 5.0
 """How long a checkpoint waits for the sessions it ended to leave the layer."""
@@ -177,7 +188,7 @@ class PgLayerDatabase:
                 autocommit=True,
                 application_name=APPLICATION,
                 connect_timeout=10,
-                options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+                options=f"-c statement_timeout={timeout_ms} -c lock_timeout={LOOK_LOCK_MS}",
             )
         return self._watch
 
@@ -202,16 +213,24 @@ class PgLayerDatabase:
         self._fingerprint = self._take_fingerprint()
 
     def changed(self) -> bool:
+        """Whether the layer differs from what it was last seen as (see the module doc); a
+        lock another session holds on it, which keeps it from being read, counts as a
+        change (as a write held open does on SQLite): putting it back ends that session."""
         try:
-            xmax, pending, sequences = self._quiet()
-        except psycopg.OperationalError:  # the watch connection was ended (by a test)
-            self._unwatch()
-            xmax, pending, sequences = self._quiet()
-        if pending or sequences != self._sequences:
-            return True
-        if xmax == self._seen_xmax:
-            return False
-        if self._take_fingerprint() != self._fingerprint:
+            try:
+                xmax, pending, sequences = self._quiet()
+            except psycopg.errors.LockNotAvailable:
+                raise
+            except psycopg.OperationalError:  # the watch connection was ended (by a test)
+                self._unwatch()
+                xmax, pending, sequences = self._quiet()
+            if pending or sequences != self._sequences:
+                return True
+            if xmax == self._seen_xmax:
+                return False
+            if self._take_fingerprint() != self._fingerprint:
+                return True
+        except psycopg.errors.LockNotAvailable:
             return True
         self._seen_xmax = xmax  # equal as of then: the next look starts from there
         return False
