@@ -20,7 +20,7 @@ from tests.helpers import APP_USER_MODELS, write_ini
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
-EXAMPLE_TESTS = {"quickstart": 2, "fastapi-starlette": 3}
+EXAMPLE_TESTS = {"quickstart": 2, "fastapi-starlette": 3, "layers": 4}
 
 
 def _example(pytester: pytest.Pytester, name: str) -> None:
@@ -28,12 +28,15 @@ def _example(pytester: pytest.Pytester, name: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["copy", "rollback"])
-@pytest.mark.parametrize("example", ["quickstart", "fastapi-starlette"])
+@pytest.mark.parametrize(
+    "example",
+    ["quickstart", "fastapi-starlette", pytest.param("layers", marks=pytest.mark.slow)],
+)
 def test_the_docs_examples_pass_by_the_switch_alone(
     pytester: pytest.Pytester, switch: list[str], example: str, mode: str
 ) -> None:
-    """The quick start and the FastAPI example (``ASGITransport`` and Starlette's
-    ``TestClient``) as shipped, in copy and rollback isolation."""
+    """The quick start, the FastAPI example (``ASGITransport`` and Starlette's
+    ``TestClient``) and the layers example as shipped, in copy and rollback isolation."""
     _example(pytester, example)
     result = pytester.runpytest_subprocess(*switch, f"--memdb-isolation={mode}", timeout=300)
     result.assert_outcomes(passed=EXAMPLE_TESTS[example])
