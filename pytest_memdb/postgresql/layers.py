@@ -38,14 +38,16 @@ lazily (a commit may show up to a second later), so they cannot say. What can:
   shared rows, not a data set).
 
 Measured with ``benchmarks/bench_pg_layers.py`` (PostgreSQL 15, 2 cores shared with other
-runs, load average 6; medians of 200 checks, 7 checkpoints and put-backs): a check when no
-transaction ended on the server since the last look 0.27 ms; with the fingerprint 0.9 ms
-for a layer of 3 tables and 100 rows, 2.5-5.4 ms for 10,000 rows (scanning the whole of
-``pg_attribute``, ``pg_proc`` and ``pg_description`` rather than the layer's own rows cost
-3-8 ms more); a checkpoint 270-540 ms and a put-back 370-1000 ms (a clone, and a drop and a
-clone: the cost of ``CREATE DATABASE`` on a loaded machine, see
+runs, load average 6.5; medians of 200 checks and of 7 checkpoints and put-backs, over two
+runs): a check when no transaction ended on the server since the last look 0.3 ms; with
+the fingerprint 0.9 ms for a layer of 3 tables and 100 rows, 2.8-6 ms for 10,000 rows
+(scanning the whole of ``pg_attribute``, ``pg_proc`` and ``pg_description`` rather than
+the layer's own rows cost 3-8 ms more); a checkpoint 100-300 ms and a put-back 130-400 ms
+(a clone, and a drop and a clone: the cost of ``CREATE DATABASE`` on a loaded machine, see
 :mod:`pytest_memdb.postgresql.clones`). A run checks each live layer at each boundary (each
-fixture's set-up, the start and end of each test phase): 1-4 ms a test with one layer.
+fixture's set-up, the start and end of each test phase), and in a run something almost
+always ended between two looks (a clone made ahead, another test's write): about 1 ms a
+boundary for a small layer, and a test has 4-6 boundaries.
 """
 
 from __future__ import annotations
