@@ -102,9 +102,8 @@ class PgLayerMachine(RuleBasedStateMachine):
         run_id = new_run_id()
         self.registry = MemdbRegistry(
             self.settings,
-            "machine",
+            lambda: PgBackend(self.url, self.settings, run_id=run_id, worker="machine"),
             _build,
-            postgresql=lambda: PgBackend(self.url, run_id=run_id, worker="machine"),
         )
         self.module: MemdbLayer | None = None
         self.klass: MemdbLayer | None = None
