@@ -17,7 +17,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pytest_memdb"
 
 CORE_KNOWS_SQLITE = {
     "config": {"sqlite.pragmas", "sqlite.pages"},  # it checks memdb_pragmas, memdb_restore
-    "layers": {"sqlite.engines", "sqlite.memory", "sqlite.template_database"},
 }
 """What of the SQLite backend each core module still imports, and why; nothing else may."""
 
