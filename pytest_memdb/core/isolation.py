@@ -18,8 +18,6 @@ database equal again. The step that differs:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import Engine
@@ -53,9 +51,6 @@ class EngineSource(Protocol):
     def sync_engine(self) -> Engine: ...
 
 
-Save = Callable[[Path], Path]
-
-
 class SharedTransaction(EngineSource, Protocol):
     """Rollback mode's one connection and the engines on it (SQLite:
     :class:`~pytest_memdb.sqlite.savepoints.SharedConnection`)."""
@@ -65,9 +60,6 @@ class SharedTransaction(EngineSource, Protocol):
 
     def end_test(self) -> str | None:
         """Roll the test's work back; how it escaped, if it did."""
-
-    def save(self, path: Path) -> Path:
-        """Write the test's view out (``--memdb-keep-failed``)."""
 
 
 class WorkingDatabase(Protocol):
@@ -130,8 +122,9 @@ class Strategy(Protocol):
     def source(self, working: WorkingDatabase) -> EngineSource | None:
         """The engines this mode hands out, if they exist yet (nothing is made or begun)."""
 
-    def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
-        """The engines the test gets, and how to write its view out (None: what was committed)."""
+    def begin(self, working: WorkingDatabase) -> EngineSource:
+        """The engines the test gets (which also write its view out for
+        ``--memdb-keep-failed``: :class:`~pytest_memdb.core.janitor.Dumps`)."""
 
     def end(self, working: WorkingDatabase) -> str | None:
         """Finish the test's work; how it escaped its isolation, if it did."""
@@ -144,8 +137,8 @@ class Copy:
     def source(self, working: WorkingDatabase) -> EngineSource | None:
         return working.engines
 
-    def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
-        return working.engines, None
+    def begin(self, working: WorkingDatabase) -> EngineSource:
+        return working.engines
 
     def end(self, working: WorkingDatabase) -> str | None:
         return None
@@ -158,10 +151,10 @@ class Rollback:
     def source(self, working: WorkingDatabase) -> EngineSource | None:
         return working.shared_if_made
 
-    def begin(self, working: WorkingDatabase) -> tuple[EngineSource, Save | None]:
+    def begin(self, working: WorkingDatabase) -> EngineSource:
         shared = working.shared
         shared.begin_test()
-        return shared, shared.save
+        return shared
 
     def end(self, working: WorkingDatabase) -> str | None:
         return working.shared.end_test()

@@ -49,10 +49,9 @@ class MemdbHandle:
         isolation: Isolation,
         engines: EngineSource,
         release: Callable[[], None],
-        save: Callable[[Path], Path] | None = None,
         classes: SessionClasses = DEFAULT_CLASSES,
         sync_makers: SyncMakers | None = None,
-        restart: Callable[[], tuple[EngineSource, Callable[[Path], Path] | None]] | None = None,
+        restart: Callable[[], EngineSource] | None = None,
     ) -> None:
         self.database = database
         self.source = source
@@ -60,7 +59,6 @@ class MemdbHandle:
         self.isolation: Isolation = isolation
         self._engines = engines
         self._release = release
-        self._save = save
         self._classes = classes
         self._sync_makers = sync_makers or SyncMakers(classes)
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
@@ -179,7 +177,7 @@ class MemdbHandle:
             raise MemdbError(f"pytest-memdb: {self.name} cannot be reset: it was handed back.")
         for before, _ in self._around_reset:
             before()
-        self._engines, self._save = self._restart()
+        self._engines = self._restart()
         self._rebind()
         for _, after in self._around_reset:
             after(self._engines)
@@ -223,9 +221,6 @@ class MemdbHandle:
         :mod:`pytest_memdb.postgresql.dumps`). Returns what was written, in words."""
         if isinstance(self._engines, Dumps):
             return self._engines.dump(path)
-        if self._save is not None:
-            self._save(path)
-            return "the database as the test left it"
         raise MemdbError(f"pytest-memdb: {self.database.name!r} cannot be written to a file.")
 
     def close(self) -> None:

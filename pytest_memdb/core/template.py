@@ -28,7 +28,7 @@ from typing import Literal
 
 from pytest_memdb.core._loop import run_sync
 from pytest_memdb.core.config import Isolation
-from pytest_memdb.core.isolation import STRATEGIES, EngineSource, Save, Strategy, WorkingDatabase
+from pytest_memdb.core.isolation import STRATEGIES, EngineSource, Strategy, WorkingDatabase
 from pytest_memdb.core.janitor import MemdbHandle
 from pytest_memdb.core.stats import MemdbStats
 from pytest_memdb.errors import IsolationError, MemdbError
@@ -100,14 +100,13 @@ class TemplateBase(ABC):
         source = strategy.source(working)
         if source is not None and source is not working.last_handed:
             working.settle_if_needed(source)  # a test of another mode may have reached it
-        engines, save = strategy.begin(working)
+        engines = strategy.begin(working)
         handle = MemdbHandle(
             database=working.database_of(engines),
             source=self.source,
             isolation=isolation,
             engines=engines,
             release=lambda: self._end(strategy, working, handle.engines_handed),
-            save=save,
             classes=self.classes,
             sync_makers=self._sync_makers,
             restart=lambda: self._restart(strategy, working, handle.engines_handed),
@@ -149,7 +148,7 @@ class TemplateBase(ABC):
 
     def _restart(
         self, strategy: Strategy, working: WorkingDatabase, engines: EngineSource
-    ) -> tuple[EngineSource, Save | None]:
+    ) -> EngineSource:
         """``memdb.reset()``: the way out of a test, then the way in again, on the same
         working database made equal to the template (in ``session`` mode too: a reset asks
         for it). One Hypothesis example after another, each from the template."""

@@ -223,11 +223,6 @@ class SharedSession:
         finally:
             self._cluster.drop(scratch)
 
-    def save(self, path: Path) -> Path:
-        """The handle asks :meth:`dump` (:class:`~pytest_memdb.core.janitor.Dumps`)."""
-        self.dump(path)
-        return path
-
 
 class PgWorkingDatabase:
     """One template's working database on the server (see the module doc)."""

@@ -361,16 +361,13 @@ class SharedConnection:
             return True  # update_execution_options(), echo set by the test
         return [listeners(e) for e in engines] != self._baseline
 
-    def save(self, path: Path) -> Path:
-        """Write the test's view (its committed savepoints and open writes) to ``path``."""
-        return save_connection_view(self.raw, path)
-
     dump_suffix = ".sqlite"
 
     def dump(self, path: Path) -> str:
-        """:meth:`save` (``--memdb-keep-failed``): what the test committed, which lives only
-        inside the outer transaction, and its sessions' uncommitted writes."""
-        self.save(path)
+        """Write the test's view to ``path`` (``--memdb-keep-failed``): what the test
+        committed, which lives only inside the outer transaction (its savepoints), and its
+        sessions' uncommitted writes."""
+        save_connection_view(self.raw, path)
         return "the database as the test left it"
 
     async def aclose(self) -> None:
