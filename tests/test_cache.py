@@ -111,6 +111,7 @@ def test_an_sql_step_and_the_models_are_part_of_the_key(pytester: pytest.Pyteste
     assert len(list(cache.glob("*.sqlite"))) == 3, "each change made a new entry"
 
 
+@pytest.mark.slow  # two xdist runs with their workers: 6 s on 2 cores
 def test_xdist_workers_build_each_template_once_between_them(pytester: pytest.Pytester) -> None:
     project(pytester, memdb_cache="true")
     run(pytester, "-n", "2")

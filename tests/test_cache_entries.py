@@ -92,7 +92,12 @@ def _flipped(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("damage", "workers"),
-    [(_empty, ()), (_truncated, ()), (_flipped, ()), (_truncated, ("-n", "2"))],
+    [
+        (_empty, ()),
+        (_truncated, ()),
+        (_flipped, ()),
+        pytest.param(_truncated, ("-n", "2"), marks=pytest.mark.slow),  # xdist: 5.5 s
+    ],
     ids=["empty", "truncated", "flipped", "truncated, xdist"],
 )
 def test_a_bad_entry_is_rebuilt_replaced_and_named(

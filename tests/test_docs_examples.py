@@ -185,7 +185,15 @@ def is_ignored(relative: str, patterns: list[str]) -> bool:
     )
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=folder_id)
+ON_POSTGRESQL = {"postgresql", "postgresql-dump"}
+"""Examples that start a PostgreSQL server (1.5-3 s) and pass 5 s on 2 cores: slow tests."""
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [pytest.param(f, marks=pytest.mark.slow) if f.name in ON_POSTGRESQL else f for f in FOLDERS],
+    ids=folder_id,
+)
 def test_example_passes(folder: Path, tmp_path: Path) -> None:
     work = tmp_path / folder.name
     shutil.copytree(folder, work, ignore=shutil.ignore_patterns(*SKIPPED_PARTS))

@@ -10,6 +10,7 @@ import pytest
 from tests.helpers import write_ini
 
 
+@pytest.mark.slow  # waits the 5 s busy timeout by design
 @pytest.mark.parametrize("isolation", ["copy", "session"])
 def test_database_is_locked_explains_itself(
     pytester: pytest.Pytester, app_db: Path, isolation: str

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import APP_USER_MODELS, write_ini
+from tests.helpers import APP_USER_MODELS, SLOW_ON_POSTGRESQL, write_ini
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -27,6 +27,11 @@ def _example(pytester: pytest.Pytester, name: str) -> None:
     shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
 
 
+@pytest.mark.parametrize(
+    "switch",
+    [pytest.param("sqlite", marks=pytest.mark.slow), "postgresql"],  # SQLite's: test_docs_examples
+    indirect=True,
+)
 @pytest.mark.parametrize("mode", ["copy", "rollback"])
 @pytest.mark.parametrize(
     "example",
@@ -188,6 +193,7 @@ HYPOTHESIS = """
 """
 
 
+@pytest.mark.parametrize("switch", SLOW_ON_POSTGRESQL, indirect=True)
 @pytest.mark.parametrize("mode", ["copy", "rollback"])
 def test_reset_per_hypothesis_example(
     pytester: pytest.Pytester, switch: list[str], mode: str
