@@ -38,7 +38,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import threading
 import warnings
@@ -62,7 +61,7 @@ from pytest_memdb.messages import SEEDING_FAILED
 from pytest_memdb.postgresql.clones import APPLICATION
 from pytest_memdb.postgresql.rollback import conninfo
 from pytest_memdb.sqlite.loading import load_file
-from pytest_memdb.sqlite.memory import unique_name
+from pytest_memdb.sqlite.memory import Borrowed, unique_name
 
 PSQL_TIMEOUT_S = 600.0
 """The bound on one dump's run through ``psql``."""
@@ -299,26 +298,13 @@ def _run_with_psql(psql: Path, url: URL, path: Path, where: str) -> None:
 # --- a SQLite file's rows --------------------------------------------------------------
 
 
-class _Borrowed:
-    """A memory database's anchor lent to SQLAlchemy: everything but ``close``."""
-
-    def __init__(self, raw: sqlite3.Connection) -> None:
-        self._raw = raw
-
-    def close(self) -> None:
-        """:meth:`MemoryDatabase.close` closes the anchor."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-
 @contextmanager
 def _read_sqlite(path: Path, origin: str) -> Iterator[Connection]:
     """A SQLAlchemy connection on an in-memory copy of the user's file (read read-only)."""
     database = load_file(path, unique_name("pg", "source"), origin=origin, shared=False)
     try:
         engine = create_engine(
-            "sqlite://", creator=lambda: _Borrowed(database.anchor), poolclass=StaticPool
+            "sqlite://", creator=lambda: Borrowed(database.anchor), poolclass=StaticPool
         )
         try:
             with engine.connect() as conn:

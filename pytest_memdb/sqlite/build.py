@@ -6,11 +6,9 @@ Imports SQLAlchemy: load lazily.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.pool import StaticPool
@@ -19,7 +17,7 @@ from pytest_memdb.core.config import Target
 from pytest_memdb.core.importing import import_metadata
 from pytest_memdb.core.templates import TemplateHook, seed
 from pytest_memdb.sqlite.loading import CheckedFiles, load_file
-from pytest_memdb.sqlite.memory import MemoryDatabase
+from pytest_memdb.sqlite.memory import Borrowed, MemoryDatabase
 from pytest_memdb.sqlite.pragmas import Pragmas, apply_pragmas
 
 
@@ -76,19 +74,6 @@ def _migrate(target: Target, database: MemoryDatabase, metadata: MetaData | None
     run_migrations(target, database, metadata=metadata)
 
 
-class _Borrowed:
-    """The template's anchor lent to SQLAlchemy for seeding: everything but ``close``."""
-
-    def __init__(self, raw: sqlite3.Connection) -> None:
-        self._raw = raw
-
-    def close(self) -> None:
-        """The anchor keeps the template alive: only :meth:`MemoryDatabase.close` closes it."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-
 @contextmanager
 def _seeding_connection(database: MemoryDatabase, pragmas: Pragmas) -> Iterator[Connection]:
     """A sync connection on the template's anchor whose ``BEGIN``/``COMMIT`` SQLAlchemy
@@ -102,9 +87,7 @@ def _seeding_connection(database: MemoryDatabase, pragmas: Pragmas) -> Iterator[
     previous = raw.isolation_level
     raw.isolation_level = None
     apply_pragmas(raw, pragmas)
-    engine: Engine = create_engine(
-        "sqlite://", creator=lambda: _Borrowed(raw), poolclass=StaticPool
-    )
+    engine: Engine = create_engine("sqlite://", creator=lambda: Borrowed(raw), poolclass=StaticPool)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:

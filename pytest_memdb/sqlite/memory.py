@@ -63,6 +63,21 @@ class SourceLocked(Exception):
     """Another connection's uncommitted write kept a database from being read (memdb)."""
 
 
+class Borrowed:
+    """A database's anchor lent to SQLAlchemy (a ``creator`` for a ``StaticPool`` engine that
+    seeds or reads it): everything but ``close``, since the anchor keeps the database alive
+    and only :meth:`MemoryDatabase.close` closes it."""
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self._raw = raw
+
+    def close(self) -> None:
+        """Nothing: see the class doc."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._raw, name)
+
+
 class MemoryDatabase:
     """One in-memory database, alive exactly as long as this object is open.
 
