@@ -200,7 +200,13 @@ class MemdbLayer:
             if self._closed:
                 raise MemdbError(f"pytest-memdb: the {self.scope} layer was already torn down.")
             self._raise_if_broken()
-            base, self._base_writers = self.parent.template_for(*self._asked())
+            asked, known, test = self._asked()
+            # Only fixtures of the layers this one is laid on can be missing from its base: a
+            # wider scope's layer is laid now after a narrower one was (on what this one is
+            # laid on), whose fixtures' rows are in that one, not below this one.
+            below = self.parent.writers()
+            known = [writer for writer in known if writer in below]
+            base, self._base_writers = self.parent.template_for(asked, known, test)
             self._database, self._laid_on = self._lay(base, self.scope, self.label), base
             self.stats.layers_laid += 1
         return self._database.handle
