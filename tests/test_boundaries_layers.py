@@ -504,3 +504,48 @@ def test_a_package_fixture_writing_the_suite_layer_errors_in_every_test_that_use
     assert failed(result, "test_1"), tail(result)
     assert failed(result, "test_2"), tail(result)
     assert len(plugin_error_lines(result, "package-scoped fixture package_rows")) >= 2
+
+
+CLASS_LAYER_FIRST = """
+    import pytest
+
+    from common import BASE, add, names_sync
+
+
+    @pytest.fixture(scope="session")
+    def suite_rows(memdb_suite):
+        add(memdb_suite, "suite")
+
+
+    @pytest.fixture(scope="class")
+    def class_rows(memdb_class, suite_rows):
+        add(memdb_class, "cls")
+
+
+    @pytest.fixture
+    def sneaky(memdb_module, class_rows):
+        add(memdb_module, "sneaky")  # the module layer, never laid yet: a function fixture
+
+
+    class TestTheClassLayerWasLaidFirst:
+        def test_1_a_function_fixture_writes_the_module_layer(self, sneaky, memdb_sync_session):
+            pass
+
+        def test_2_next(self, class_rows, memdb_sync_session):
+            assert names_sync(memdb_sync_session) == [*BASE, "suite", "cls"]
+"""
+
+
+def test_a_write_to_a_layer_laid_after_a_narrower_one_is_reported_as_a_write(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: list[str]
+) -> None:
+    """The class layer is laid (on the session layer) before anything wrote to the module
+    layer; a function fixture then writes through ``memdb_module``, which lays it: that is a
+    write to the module layer outside its fixtures, reported and undone. It used to be
+    refused as the class fixture's rows "missing" from the session layer (found by the
+    layer machine, seed 42014291857558415547504231445154850612)."""
+    _project(pytester, switch, "copy", test_layers=CLASS_LAYER_FIRST)
+    result = _run(pytester, monkeypatch)
+    assert "were written, or on another layer" not in result.stdout.str(), tail(result)
+    assert plugin_error_lines(result, "memdb_module"), tail(result)
+    assert passed_cleanly(result, "test_2_next"), tail(result)

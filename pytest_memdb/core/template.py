@@ -66,6 +66,9 @@ class TemplateBase(ABC):
         self._sync_makers = SyncMakers(classes)
         self._working: WorkingDatabase | None = None
         self._session: WorkingDatabase | None = None
+        self._unreported: dict[int, str] = {}
+        """Escapes found by a reset whose restore then failed (a timeout, an interrupt),
+        by working database: the test's end reports them."""
 
     # -- what a backend says -------------------------------------------------------------
     @abstractmethod
@@ -184,9 +187,10 @@ class TemplateBase(ABC):
         database is equal to the template (True when no restore was asked for).
         ``keep_engines`` (a reset): the test goes on with the engines and the database
         name it holds."""
+        escape: str | None = None
         try:
             working.close_leftovers()
-            escape = strategy.end(working)
+            escape = strategy.end(working) or self._unreported.pop(id(working), None)
             doubt = working.needs_settling(engines)  # state left: it may have written, too
             working.settle_if_needed(engines, keep_engines=keep_engines, needed=doubt)
             equal = not restore or working.make_equal(
@@ -195,6 +199,10 @@ class TemplateBase(ABC):
                 doubt=doubt,
                 keep_name=keep_engines,
             )
+        except BaseException:
+            if escape is not None:  # found, then the restore failed: the test's end reports it
+                self._unreported[id(working)] = escape
+            raise
         finally:
             self.check_unchanged()
         return escape, equal
