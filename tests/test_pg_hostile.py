@@ -275,3 +275,44 @@ def test_the_header_of_rollback_mode_says_rollback(pytester: pytest.Pytester, pg
     result = _run(pytester, pg_url)
     [header] = [line for line in result.outlines if "isolation=rollback" in line]
     assert "new clone" not in header, header
+
+
+SESSION_STATE = """
+    from sqlalchemy import text
+
+    KEPT = []
+
+
+    def test_1_leaves_state_on_its_connections(memdb, memdb_sync_session):
+        memdb_sync_session.execute(text("SET search_path = pg_catalog"))
+        memdb_sync_session.execute(text("SET lock_timeout = 0"))
+        memdb_sync_session.execute(text("CREATE TEMP TABLE scratch (a int)"))
+        memdb_sync_session.execute(text("PREPARE pp AS SELECT 1"))
+        memdb_sync_session.commit()
+        held = memdb.sync_engine.connect()  # the plugin's own engine, never closed
+        held.execute(text("UPDATE public.app_user SET name = 'held' WHERE name = 'ada'"))
+        KEPT.append(held)
+
+
+    def test_2_next_session_test_starts_clean(memdb, memdb_sync_session):
+        s = memdb_sync_session
+        assert s.execute(text("SHOW search_path")).scalar() == '"$user", public'
+        assert s.execute(text("SHOW lock_timeout")).scalar() == "10s"
+        assert s.execute(text("SELECT count(*) FROM app_user")).scalar() == 2
+        s.execute(text("PREPARE pp AS SELECT 1"))  # no DuplicatePreparedStatement
+        s.execute(text("UPDATE app_user SET name = 'mine' WHERE name = 'ada'"))  # no lock wait
+        s.commit()
+"""
+
+
+def test_session_mode_gives_the_next_test_clean_connections(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """Session mode shares one database, not the connections' state: settings (a
+    ``search_path`` that hid the tables, ``lock_timeout = 0`` that made a lock wait hang),
+    temp tables and prepared statements a test left on pooled connections reached the next
+    test, and a connection of the plugin's own engine left in a transaction kept its row
+    lock (hostile pass, after the engines began pooling between tests)."""
+    _project(pytester, "session", SESSION_STATE)
+    result = _run(pytester, pg_url, timeout=HANG_BOUND)
+    result.assert_outcomes(passed=2)

@@ -149,8 +149,9 @@ class LockWaitTimeout(exc.OperationalError):
             f"pytest-memdb: a statement waited {self.waited:g} s (lock_timeout) for a lock"
             f" on the working database and gave up. Sessions holding locks there:"
             f" {self.holders or 'none now (released meanwhile)'}. A connection the test"
-            " (or an earlier one) opened outside the plugin's engines and left in a"
-            " transaction holds it: close it, or end it with SELECT pg_terminate_backend(pid)."
+            " opened and left in a transaction holds it (one of its own sessions, an engine"
+            " built from memdb_url, a raw connection): commit or close it, or end it with"
+            " SELECT pg_terminate_backend(pid)."
             f"\n{super().__str__()}"
         )
 

@@ -32,12 +32,13 @@ always true.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -91,12 +92,17 @@ class MovableEngines:
     them to another clone (:meth:`move_to`) keeps the same engine objects, so every engine,
     sessionmaker and session handed out stays usable after ``memdb.reset()``.
 
-    Their connections are pooled (SQLAlchemy's default pools) until the database is given
-    back or made again, when :meth:`aclose` closes them: a test that opens several sessions
-    (a FastAPI test's requests), and every ``session`` test after the first, reuse them
-    instead of connecting again (a connection costs 3-5 ms here; session mode went from
-    40 ms a test with a connection per checkout to the figure in performance.md). Async ones
-    made in an earlier test's event loop get new ``asyncio`` locks at checkout
+    Their connections are pooled (SQLAlchemy's default pools) for one test: a test that
+    opens several sessions (a FastAPI test's requests) reuses them instead of connecting
+    again (a connection costs 3-5 ms here). At the test's end (:meth:`end_test`) the pools
+    are emptied, so the next test, ``session`` mode's too, starts on new connections: what a
+    test leaves on a connection (``SET``, ``SET SESSION CHARACTERISTICS``, temp tables,
+    prepared statements, ``LISTEN``, advisory locks) never reaches it, and the
+    ``lock_timeout`` every connection starts with bounds its waits (a pooled connection with
+    ``lock_timeout = 0`` made the next session test hang: the hostile pass). A connection
+    the test left checked out (never closed) is ended by the server then, its transaction
+    and locks with it, as SQLite's engines close theirs. Async ones made in an earlier
+    event loop get new ``asyncio`` locks at checkout
     (:func:`~pytest_memdb.postgresql.rollback.unbind_locks`)."""
 
     def __init__(self, database: PgDatabase, *, echo: bool, server_version: int = 0) -> None:
@@ -111,9 +117,29 @@ class MovableEngines:
         self.sync_engine: Engine = create_engine(
             url, creator=self._connect_sync, max_overflow=-1, echo=echo
         )
+        self._out: dict[int, int] = {}
+        """The connections checked out now: the record's id -> the server's pid."""
         for engine in (self.sync_engine, self.async_engine.sync_engine):
             event.listen(engine, "handle_error", self._name_lock_holders)
+            event.listen(engine.pool, "checkout", self._checked_out)
+            event.listen(engine.pool, "checkin", self._checked_in)
         event.listen(self.async_engine.sync_engine, "checkout", unbind_locks)
+
+    def _checked_out(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        raw = record.driver_connection
+        if isinstance(raw, psycopg.Connection | psycopg.AsyncConnection):
+            self._out[id(record)] = raw.info.backend_pid
+
+    def _checked_in(self, dbapi_connection: Any, record: Any) -> None:
+        self._out.pop(id(record), None)
+
+    def end_test(self, end_sessions: Callable[[list[int]], None]) -> None:
+        """The test is over: ``end_sessions`` ends the connections it left checked out (by
+        their server pids), and the pools are emptied (see the class doc)."""
+        leaked, self._out = list(self._out.values()), {}
+        if leaked:
+            end_sessions(leaked)
+        run_sync(self.aclose())
 
     def _name_lock_holders(self, context: Any) -> Exception | None:
         """A lock wait that reached ``lock_timeout`` names the sessions holding locks on the
@@ -147,14 +173,9 @@ class MovableEngines:
         self.sync_engine.url = url
         self.async_engine.sync_engine.url = url
 
-    def close_leftovers(self) -> None:
-        """Nothing to do: what the pools hold is closed by :meth:`aclose` when the database
-        is given back or made again; a connection a test leaked (checked out, never
-        returned) is ended by the server when its clone is dropped or renewed."""
-
     async def aclose(self) -> None:
-        """Close every pooled connection (the checked-out ones a test leaked are left to the
-        server: see :meth:`close_leftovers`)."""
+        """Close every pooled connection (the checked-out ones a test leaked are ended by
+        :meth:`end_test`, or with their database)."""
         await self.async_engine.dispose()
         self.sync_engine.dispose()
 
@@ -308,8 +329,15 @@ class PgWorkingDatabase:
         return True
 
     def close_leftovers(self) -> None:
+        """The copy or session engines' connections ended and closed (see
+        :meth:`MovableEngines.end_test`)."""
         if self._engines is not None:
-            self._engines.close_leftovers()
+            self._engines.end_test(self._end_sessions)
+
+    def _end_sessions(self, pids: list[int]) -> None:
+        with self._cluster.admin.connect() as conn:
+            for pid in pids:
+                conn.execute(text("SELECT pg_terminate_backend(:pid, 1000)"), {"pid": pid})
 
     def needs_settling(self, source: object) -> bool:
         """Never: the copy engines pool nothing (each test connects anew), and the held
