@@ -323,7 +323,8 @@ def test_every_kind_of_write_to_a_layer_is_caught_and_undone(
     put back (verified on the layer itself, and on the next test's copy)."""
     write_seeded_ini(pytester, switch)
     pytester.makepyfile(models=MODELS, test_writes=WRITES)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", timeout=300)
+    # -rN: no short summary (with CI set, pytest prints each message there again, whole)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-rN", timeout=300)
     result.assert_outcomes(passed=1, failed=7)
     assert result.stdout.str().count("wrote to the module layer (memdb_module)") == 7
 
