@@ -87,38 +87,10 @@ def names_in(path: Path, table: str = "user") -> list[str]:
         conn.close()
 
 
-BOTH = """
-import pytest
-from sqlalchemy import text
-
-INSERT = text("INSERT INTO app_user (name) VALUES (:name)")
-
-
-async def test_body_fails(memdb_session):
-    await memdb_session.execute(INSERT, {"name": "body"})
-    await memdb_session.commit()
-    assert 1 + 1 == 3, "the body failed"
-
-
-def test_passes(memdb_sync_session):
-    memdb_sync_session.execute(INSERT, {"name": "passing"})
-    memdb_sync_session.commit()
-
-
-@pytest.fixture
-def breaks_after_memdb(memdb, memdb_sync_session):
-    memdb_sync_session.execute(INSERT, {"name": "setup"})
-    memdb_sync_session.commit()
-    raise RuntimeError("the fixture broke")
-
-
-def test_setup_error(breaks_after_memdb):
-    pass
-
-
-def test_fails_without_memdb():
-    assert False
-"""
+BOTH = TESTS.replace(
+    "INSERT INTO user (name, email) VALUES (:name, 'x@example.com')",
+    "INSERT INTO app_user (name) VALUES (:name)",
+)
 """:data:`TESTS` on a project both backends build (models and a seed, no SQLite file)."""
 
 SEED = "INSERT INTO app_user (name) VALUES ('ada'), ('brian'), ('grace');\n"

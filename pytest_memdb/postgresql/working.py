@@ -319,7 +319,7 @@ class PgWorkingDatabase:
         if self._engines is None or self._current is None or not (copied or force):
             self._stats.restores_none += 1
             return True
-        run_sync(self._engines.aclose())  # NullPool: nothing pooled; the async adapter's
+        # the engines' pools were emptied by close_leftovers, just before (core's _wind_down)
         if keep_name:
             self._pool.renew(self._current)
         else:
